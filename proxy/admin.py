@@ -1,0 +1,150 @@
+"""The admin HTTP API under /admin (FastAPI), guarded by ``admin_key``; off when none is configured.
+
+Read usage and remaining budgets per team and key, override a team's budgets at runtime (persisted in the
+store), create and revoke keys. Also builds the payload of the self-service ``GET /v1/usage``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from .errors import AuthenticationError, InvalidRequest, NotFound, ProxyError, render
+from .settings import BudgetSettings, hash_key
+from .store.base import KeyRecord
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+
+class NewKey(BaseModel):
+    team: str
+    name: str | None = None
+
+
+def new_key() -> str:
+    return "qg-" + secrets.token_urlsafe(32)
+
+
+async def create_key(gw: Gateway, team: str, name: str | None) -> tuple[str, KeyRecord]:
+    if team not in gw.settings.teams:
+        raise NotFound(f"Unknown team '{team}'.", code="team_not_found")
+    key = new_key()
+    digest = hash_key(key)
+    record = KeyRecord(digest, team, name or f"key-{digest[:8]}", time.time())
+    await gw.store.put_key(record)
+    gw.accountant.tags.add("{" + team + "}")
+    return key, record
+
+
+async def usage_payload(gw: Gateway, team: str, *, since: float) -> dict[str, Any]:
+    rows = await gw.store.usage(since, team)
+    keys = [k for k in gw.settings.keys if k.team == team]
+    return {
+        "team": team,
+        "since": since,
+        "usage": [
+            {
+                "model": r.model,
+                "requests": r.requests,
+                "input_tokens": r.input_tokens,
+                "cached_input_tokens": r.cached_input_tokens,
+                "output_tokens": r.output_tokens,
+                "reasoning_tokens": r.reasoning_tokens,
+                "cost_usd": r.cost_micro_usd / 1e6,
+                "cost_micro_usd": r.cost_micro_usd,
+            }
+            for r in rows
+        ],
+        "budgets": await gw.accountant.budget_status(team),
+        "keys": {
+            k.display_name: [b for b in await gw.accountant.budget_status(team, k.digest) if b["scope"] == "key"]
+            for k in keys
+            if k.budgets
+        },
+    }
+
+
+def admin_app(gw: Gateway) -> FastAPI:
+    app = FastAPI(title="quotagate admin", docs_url="/admin/docs", openapi_url="/admin/openapi.json")
+
+    @app.exception_handler(ProxyError)
+    async def _proxy_error(_: Request, err: ProxyError) -> JSONResponse:
+        status, headers, body = render(err)
+        return JSONResponse(content=err.body(), status_code=status, headers={k: v for k, v in headers.items() if k != "content-type"})
+
+    def guard(authorization: str | None = Header(default=None)) -> None:
+        expected = gw.settings.admin_key
+        if expected is None:
+            raise NotFound("The admin API is off: no admin_key is configured.", code="admin_disabled")
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(hash_key(token), hash_key(expected)):
+            raise AuthenticationError("Invalid admin key.", code="invalid_api_key")
+
+    def team_or_404(team: str) -> str:
+        if team not in gw.settings.teams:
+            raise NotFound(f"Unknown team '{team}'.", code="team_not_found")
+        return team
+
+    @app.get("/admin/usage", dependencies=[Depends(guard)])
+    async def usage(team: str | None = None, since_seconds: float = 7 * 86400) -> dict[str, Any]:
+        teams = [team_or_404(team)] if team else list(gw.settings.teams)
+        since = time.time() - since_seconds
+        return {"teams": [await usage_payload(gw, t, since=since) for t in teams]}
+
+    @app.get("/admin/teams/{team}/budgets", dependencies=[Depends(guard)])
+    async def get_budgets(team: str) -> dict[str, Any]:
+        team_or_404(team)
+        return {
+            "team": team,
+            "budgets": [b.model_dump(mode="json", exclude_none=True) for b in gw.accountant.team_budgets(team)],
+            "status": await gw.accountant.budget_status(team),
+        }
+
+    @app.put("/admin/teams/{team}/budgets", dependencies=[Depends(guard)])
+    async def put_budgets(team: str, body: list[dict[str, Any]]) -> dict[str, Any]:
+        team_or_404(team)
+        try:
+            budgets = [BudgetSettings.model_validate(b) for b in body]
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidRequest(f"budgets.{where}: {first['msg']}", param="budgets") from None
+        for b in budgets:
+            if b.downgrade_to is not None and b.downgrade_to not in gw.settings.models:
+                raise InvalidRequest(f"unknown model {b.downgrade_to!r} in downgrade_to", param="budgets")
+        await gw.accountant.set_override(team, budgets)
+        return await get_budgets(team)
+
+    @app.post("/admin/keys", dependencies=[Depends(guard)], status_code=201)
+    async def post_key(body: NewKey) -> dict[str, Any]:
+        key, record = await create_key(gw, body.team, body.name)
+        return {"key": key, "sha256": record.sha256, "team": record.team, "name": record.name}
+
+    @app.get("/admin/keys", dependencies=[Depends(guard)])
+    async def list_keys(team: str | None = None) -> dict[str, Any]:
+        config = [
+            {"sha256": k.digest, "team": k.team, "name": k.display_name, "source": "config", "revoked": False}
+            for k in gw.settings.keys
+            if team is None or k.team == team
+        ]
+        stored = [
+            {"sha256": r.sha256, "team": r.team, "name": r.name, "source": "store", "revoked": r.revoked}
+            for r in await gw.store.list_keys(team)
+        ]
+        return {"keys": config + stored}
+
+    @app.delete("/admin/keys/{sha256}", dependencies=[Depends(guard)])
+    async def revoke_key(sha256: str) -> dict[str, Any]:
+        if not await gw.store.revoke_key(sha256):
+            raise NotFound("No such runtime key (config keys are revoked by editing the config).", code="key_not_found")
+        gw.keyring.forget(sha256)
+        return {"sha256": sha256, "revoked": True}
+
+    return app

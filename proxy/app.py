@@ -1,0 +1,152 @@
+"""create_app(settings): wires one gateway; the lifespan owns the HTTP pool, the store, the metrics
+registry and the set of in-flight settlement tasks. Nothing global.
+
+Shutdown order (SIGTERM): uvicorn stops accepting and lets in-flight requests (streams included) finish
+within its graceful timeout; then the lifespan drains settlement tasks, flushes the ledger, and closes
+the store and the upstream pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from .auth import KeyRing
+from .count import Counter
+from .ledger import Ledger
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .settings import Settings
+from .settle import Accountant
+from .store import open_store
+from .store.base import Store
+from .upstream import Upstream
+
+log = logging.getLogger("quotagate")
+
+
+@dataclass
+class Gateway:
+    """Everything one running gateway owns."""
+
+    settings: Settings
+    store: Store
+    local: Store
+    keyring: KeyRing
+    counter: Counter
+    accountant: Accountant
+    upstream: Upstream
+    ledger: Ledger
+    metrics: Metrics
+    pipeline: Pipeline
+    clock: Callable[[], float]
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("settlement task failed", exc_info=task.exception())
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.local.open()
+        await self.upstream.start()
+        with contextlib.suppress(Exception):
+            await self.accountant.load_overrides()
+        for key in await _safe_list_keys(self.store):
+            self.accountant.tags.add("{" + key.team + "}")
+        self.ledger.start()
+        self.background.append(asyncio.create_task(self.accountant.run(), name="quotagate-accounting"))
+        self.background.append(asyncio.create_task(self._budget_gauges(), name="quotagate-budget-gauges"))
+
+    async def stop(self) -> None:
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=self.settings.shutdown_grace_seconds)
+        for t in self.background:
+            t.cancel()
+        for t in self.background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        with contextlib.suppress(Exception):
+            await self.accountant.reconcile()
+        await self.ledger.close()
+        await self.upstream.close()
+        await self.local.close()
+        await self.store.close()
+
+    async def _budget_gauges(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                for team in self.settings.teams:
+                    for b in await self.accountant.budget_status(team):
+                        if b["scope"] == "team":
+                            scale = 1e6 if b["unit"] == "usd" else 1
+                            self.metrics.set_budget(
+                                team, b["window"], b["unit"], b["limit"] / scale, b["used"] / scale
+                            )
+            await asyncio.sleep(5)
+
+
+async def _safe_list_keys(store: Store) -> list[Any]:
+    try:
+        return await store.list_keys()
+    except Exception:
+        return []
+
+
+def build_gateway(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    clock: Callable[[], float] = time.time,
+    registry: CollectorRegistry | None = None,
+) -> Gateway:
+    store = store if store is not None else open_store(settings.store, clock=clock)
+    local = open_store("memory://", clock=clock)
+    ledger = Ledger(store, flush_seconds=settings.ledger_flush_seconds)
+    keyring = KeyRing(settings, store)
+    counter = Counter()
+    accountant = Accountant(settings, store, local, clock=clock, on_reaped=ledger.append)
+    upstream = Upstream(settings)
+    metrics = Metrics(
+        teams=list(settings.teams),
+        models={name: m.provider for name, m in settings.models.items()},
+        registry=registry,
+    )
+    gw_tasks: set[asyncio.Task[None]] = set()
+    holder: dict[str, Gateway] = {}
+
+    def spawn(coro: Awaitable[None]) -> None:
+        holder["gw"].spawn(coro)
+
+    pipeline = Pipeline(settings, keyring, counter, accountant, upstream, ledger, metrics, spawn)
+    gw = Gateway(
+        settings, store, local, keyring, counter, accountant, upstream, ledger, metrics, pipeline, clock, gw_tasks
+    )
+    holder["gw"] = gw
+    return gw
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    clock: Callable[[], float] = time.time,
+    registry: CollectorRegistry | None = None,
+) -> Any:
+    from .routes import Router  # routes import the app's Gateway type; wiring happens here
+
+    return Router(build_gateway(settings, store=store, clock=clock, registry=registry))

@@ -1,0 +1,133 @@
+"""Which counters a request holds, for how much, and until when. No I/O.
+
+Every limit that applies to a request becomes one ``Hold`` on a counter whose key names the team (as the
+Redis Cluster hash tag), the scope, the limit and the calendar window instance (UTC)::
+
+    {team}:t:b:day:tokens:2026-11-24       team budget, tokens, today
+    {team}:k:<key8>:b:month:usd:2026-11    key budget, micro-USD, this month
+    {team}:t:tpm:2026-11-24T10:31          tokens this minute
+    {team}:t:rpm:2026-11-24T10:31          requests this minute
+    {team}:t:conc                          requests in flight (released, never committed)
+
+A new window is a new key, so rollover needs no reset job; counters expire a day after their window.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from .settings import BudgetSettings, RateLimitSettings, Window
+from .store.base import Hold
+
+Unit = Literal["tokens", "usd", "requests", "concurrent"]
+_RETAIN = 86_400.0
+
+
+def window_bounds(window: Window, now: float) -> tuple[str, float, float]:
+    """(id, start, end) of the calendar window containing ``now``, in UTC epoch seconds."""
+    t = datetime.fromtimestamp(now, UTC)
+    if window == "minute":
+        start = t.replace(second=0, microsecond=0)
+        return start.strftime("%Y-%m-%dT%H:%M"), start.timestamp(), (start + timedelta(minutes=1)).timestamp()
+    if window == "hour":
+        start = t.replace(minute=0, second=0, microsecond=0)
+        return start.strftime("%Y-%m-%dT%H"), start.timestamp(), (start + timedelta(hours=1)).timestamp()
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if window == "day":
+        return day.strftime("%Y-%m-%d"), day.timestamp(), (day + timedelta(days=1)).timestamp()
+    if window == "week":  # ISO weeks start on Monday
+        start = day - timedelta(days=day.weekday())
+        iso = start.isocalendar()
+        return f"{iso.year}-W{iso.week:02d}", start.timestamp(), (start + timedelta(days=7)).timestamp()
+    start = day.replace(day=1)
+    days = calendar.monthrange(start.year, start.month)[1]
+    return start.strftime("%Y-%m"), start.timestamp(), (start + timedelta(days=days)).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit that applies to a request, before it is sized into a Hold."""
+
+    key: str
+    limit: int
+    unit: Unit
+    window: Window | None
+    window_end: float
+    scope: str  # "team" | "key"
+    budget: BudgetSettings | None = None
+
+    def hold(self, amount: int) -> Hold:
+        expires = 0.0 if self.window is None else self.window_end + _RETAIN
+        return Hold(self.key, self.limit, amount, expires)
+
+
+def tag(team: str) -> str:
+    return "{" + team + "}"
+
+
+def limits_for(
+    team: str,
+    key_digest: str,
+    team_budgets: Sequence[BudgetSettings],
+    team_rates: RateLimitSettings,
+    key_budgets: Sequence[BudgetSettings],
+    key_rates: RateLimitSettings,
+    now: float,
+) -> list[Limit]:
+    out: list[Limit] = []
+    team_prefix = f"{tag(team)}:t"
+    key_prefix = f"{tag(team)}:k:{key_digest[:16]}"
+    for prefix, scope, budgets, rates in (
+        (team_prefix, "team", team_budgets, team_rates),
+        (key_prefix, "key", key_budgets, key_rates),
+    ):
+        for b in budgets:
+            wid, _, end = window_bounds(b.window, now)
+            out.append(Limit(f"{prefix}:b:{b.window}:{b.unit}:{wid}", b.limit, b.unit, b.window, end, scope, b))
+        if rates.tpm or rates.rpm:
+            wid, _, end = window_bounds("minute", now)
+            if rates.tpm:
+                out.append(Limit(f"{prefix}:tpm:{wid}", rates.tpm, "tokens", "minute", end, scope))
+            if rates.rpm:
+                out.append(Limit(f"{prefix}:rpm:{wid}", rates.rpm, "requests", "minute", end, scope))
+        if rates.concurrent:
+            out.append(Limit(f"{prefix}:conc", rates.concurrent, "concurrent", None, 0.0, scope))
+    return out
+
+
+def holds(limits: Iterable[Limit], worst_tokens: int, worst_micro_usd: int) -> tuple[Hold, ...]:
+    return tuple(lim.hold(amount_for(lim.unit, worst_tokens, worst_micro_usd)) for lim in limits)
+
+
+def amount_for(unit: Unit, tokens: int, micro_usd: int) -> int:
+    if unit == "tokens":
+        return tokens
+    if unit == "usd":
+        return micro_usd
+    return 1  # requests, concurrent
+
+
+def charges(limits: Iterable[Limit], tokens: int, micro_usd: int) -> dict[str, int]:
+    """What each counter is charged at settlement; in-flight slots are released, never committed."""
+    return {
+        lim.key: (0 if lim.unit == "concurrent" else amount_for(lim.unit, tokens, micro_usd)) for lim in limits
+    }
+
+
+def go_duration(seconds: float) -> str:
+    """OpenAI's x-ratelimit-reset-* format: a Go time.Duration string (``6m0s``, ``1.5s``, ``12ms``)."""
+    if seconds < 1:
+        return f"{max(int(seconds * 1000), 0)}ms"
+    s = round(seconds, 3)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    sec_txt = f"{sec:.3f}".rstrip("0").rstrip(".") + "s"
+    if h:
+        return f"{int(h)}h{int(m)}m{sec_txt}"
+    if m:
+        return f"{int(m)}m{sec_txt}"
+    return sec_txt

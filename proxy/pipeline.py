@@ -1,0 +1,514 @@
+"""One governed request, in order: auth -> parse -> count -> policy -> reserve -> forward -> settle -> record.
+
+Raw ASGI on purpose: this is the hot path, and measured here a framework router costs about half the
+throughput of a bare relay (1,750 vs 3,300 req/s). Whatever happens, exactly one ``finish`` runs per
+request: it settles the reservation, queues the ledger record and records metrics, from an app-owned
+task so that a client disconnect or a shutdown cannot skip it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from . import policy
+from .auth import KeyRing, bearer
+from .count import Counter, Estimate
+from .errors import (
+    AuthenticationError,
+    BodyTooLarge,
+    BudgetExceeded,
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    ProxyError,
+    RateLimited,
+    StoreUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    normalise_upstream_error,
+    render,
+    sse_error,
+)
+from .ledger import Ledger
+from .metrics import Metrics, RequestOutcome
+from .parse import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, ParsedRequest, parse
+from .pricing import Price, price_of
+from .settings import ModelSettings, Settings
+from .settle import Accountant, Reservation
+from .sse import StreamTap, body_output_text, read_body
+from .store.base import LedgerRecord
+from .upstream import DROP_RESPONSE, Upstream
+from .usage import Usage
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_OUTCOMES: tuple[tuple[type[ProxyError], str], ...] = (
+    (AuthenticationError, "unauthorized"),
+    (BudgetExceeded, "budget_exceeded"),
+    (RateLimited, "rate_limited"),
+    (ContextLengthExceeded, "context_rejected"),
+    (StoreUnavailable, "store_unavailable"),
+    (UpstreamError, "upstream_error"),
+    (UpstreamUnreachable, "upstream_error"),
+    (UpstreamTimeout, "upstream_error"),
+)
+
+
+def outcome_of(err: ProxyError) -> str:
+    for cls, name in _OUTCOMES:
+        if isinstance(err, cls):
+            return name
+    return "invalid_request"
+
+
+@dataclass(slots=True)
+class Trace:
+    """What is known about one request so far; becomes its ledger record and its metrics."""
+
+    request_id: str
+    ts: float
+    t0: float
+    endpoint: Endpoint
+    team: str | None = None
+    key_name: str = ""
+    model: str = ""
+    configured: bool = False  # model is a configured one (else it is labelled "other")
+    provider: str = ""
+    upstream_model: str | None = None
+    stream: bool = False
+    status: int = 0
+    outcome: str = "ok"
+    error: str | None = None
+    error_type: str | None = None
+    estimate: Estimate | None = None
+    counted_output: int | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost: int = 0
+    upstream_s: float = 0.0  # time spent waiting on the provider (excluded from proxy overhead)
+    ttft: float | None = None
+    trimmed: int = 0
+    seed: int | None = None
+    fingerprint: str | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        keyring: KeyRing,
+        counter: Counter,
+        accountant: Accountant,
+        upstream: Upstream,
+        ledger: Ledger,
+        metrics: Metrics,
+        spawn: Callable[[Awaitable[None]], None],
+    ) -> None:
+        self.s = settings
+        self.keyring = keyring
+        self.counter = counter
+        self.accountant = accountant
+        self.upstream = upstream
+        self.ledger = ledger
+        self.metrics = metrics
+        self.spawn = spawn
+        self.prices: dict[str, Price] = {name: price_of(m) for name, m in settings.models.items()}
+        self.encodings: dict[str, str | None] = {name: m.encoding for name, m in settings.models.items()}
+
+    # ---- the request -----------------------------------------------------------------------------------
+    async def handle(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        trace = Trace(f"qg-{uuid.uuid4().hex}", time.time(), time.perf_counter(), endpoint)
+        res: Reservation | None = None
+        try:
+            req, model, price, res, extra = await self._admit(scope, receive, trace)
+        except ProxyError as err:
+            await self._send_error(send, err, trace)
+            self._finish(trace, None, None)
+            return
+        try:
+            await self._forward(scope, receive, send, trace, req, model, extra)
+        finally:
+            self._finish(trace, res, price)
+
+    async def _admit(
+        self, scope: Scope, receive: Receive, trace: Trace
+    ) -> tuple[ParsedRequest, ModelSettings, Price, Reservation | None, dict[str, str]]:
+        headers = scope["headers"]
+        auth = api_key = None
+        for k, v in headers:
+            if k == b"authorization":
+                auth = v.decode("latin-1")
+            elif k == b"api-key":
+                api_key = v.decode("latin-1")
+        principal = await self.keyring.authenticate(bearer(auth, api_key))
+        trace.team, trace.key_name = principal.team, principal.key_name
+        raw = await _read_body(receive, self.s.max_body_bytes)
+        req = parse(trace.endpoint, raw)
+        trace.model, trace.stream = req.model, req.stream
+        team = self.s.teams.get(principal.team)
+        model = policy.check_model(self.s, team, req.model)
+        trace.configured = True
+        extra: dict[str, str] = {}
+        downgrade = await self._downgrade(principal.team, principal.digest, req.model)
+        if downgrade is not None:
+            extra["x-quotagate-downgraded-from"] = req.model
+            req.model = downgrade
+            model = self.s.models[downgrade]
+            trace.model = downgrade
+        trace.provider = model.provider
+        trace.upstream_model = model.upstream_model or req.model
+        est = await self._count(req, model)
+        tokens = est.tokens
+        if req.endpoint is CHAT:
+            kept, tokens, trimmed = policy.enforce_context(
+                principal.team, team, tokens, req.body["messages"], lambda msgs: self._count_messages(req, model, msgs)
+            )
+            if kept is not None:
+                req.set("messages", kept)
+                est = self.counter.chat(kept, req.body.get("tools"), model=trace.upstream_model, encoding=model.encoding)
+                trace.trimmed = trimmed
+                extra["x-quotagate-trimmed-tokens"] = str(trimmed)
+        else:
+            policy.enforce_context(principal.team, team, tokens, None, lambda m: 0)
+        trace.estimate = est
+        cap = policy.output_cap(
+            req.requested_cap if req.endpoint.has_output else 0,
+            team if req.endpoint.has_output else None,
+            model,
+            trace.endpoint.default_cap,
+            est.tokens,
+        )
+        if cap.send is not None:
+            present = [f for f in req.endpoint.cap_fields if req.body.get(f) is not None]
+            for f in present or req.endpoint.cap_fields[:1]:
+                req.set(f, cap.send)
+        if req.model != trace.upstream_model or downgrade is not None:
+            req.set("model", trace.upstream_model)
+        if req.stream and req.endpoint in (CHAT, COMPLETIONS) and not req.wants_usage:
+            req.set("stream_options", {**(req.body.get("stream_options") or {}), "include_usage": True})
+        price = self.s and self._price(req.model)
+        worst_usd = price.worst_case(est.tokens, cap.worst_case)
+        seed = req.body.get("seed")
+        trace.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+        res = await self.accountant.reserve(
+            principal.team,
+            principal.digest,
+            req.model,
+            est.tokens + cap.worst_case,
+            worst_usd,
+            {
+                "request_id": trace.request_id,
+                "ts": trace.ts,
+                "team": principal.team,
+                "key_name": principal.key_name,
+                "model": req.model,
+                "provider": model.provider,
+                "endpoint": req.endpoint.name,
+                "stream": req.stream,
+                "counted_input": est.tokens,
+                "worst_tokens": est.tokens + cap.worst_case,
+                "worst_micro_usd": worst_usd,
+            },
+        )
+        if res is not None:
+            extra.update(res.headers)
+        return req, model, price, res, extra
+
+    def _price(self, model: str) -> Price:
+        return self.prices[model]
+
+    async def _downgrade(self, team: str, digest: str, model: str) -> str | None:
+        budgets = [b for b in self.accountant.team_budgets(team) if b.downgrade_to and b.warn_at]
+        if not budgets:
+            return None
+        fractions = await self.accountant.used_fractions(team, digest)
+        for lim_key, used in fractions.items():
+            for b in budgets:
+                if f":b:{b.window}:{b.unit}:" in lim_key and b.warn_at is not None and used >= b.warn_at:
+                    if b.downgrade_to != model and b.downgrade_to is not None:
+                        t = self.s.teams.get(team)
+                        if t is None or t.models is None or b.downgrade_to in t.models:
+                            return b.downgrade_to
+        return None
+
+    async def _count(self, req: ParsedRequest, model: ModelSettings) -> Estimate:
+        name = model.upstream_model or req.model
+        b = req.body
+        if req.endpoint is CHAT:
+            return await self.counter.achat(b["messages"], b.get("tools"), model=name, encoding=model.encoding)
+        if req.endpoint is RESPONSES:
+            instructions = b.get("instructions")
+            return await self.counter.aresponses(
+                b["input"],
+                instructions if isinstance(instructions, str) else None,
+                b.get("tools"),
+                model=name,
+                encoding=model.encoding,
+            )
+        if req.endpoint is EMBEDDINGS:
+            return await self.counter.aembeddings(b["input"], model=name, encoding=model.encoding)
+        return await self.counter.acompletion(b["prompt"], model=name, encoding=model.encoding)
+
+    def _count_messages(self, req: ParsedRequest, model: ModelSettings, messages: list[Any]) -> int:
+        name = model.upstream_model or req.model
+        return self.counter.chat(messages, req.body.get("tools"), model=name, encoding=model.encoding).tokens
+
+    # ---- forward and relay --------------------------------------------------------------------------------
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        trace: Trace,
+        req: ParsedRequest,
+        model: ModelSettings,
+        extra: dict[str, str],
+    ) -> None:
+        provider = self.s.providers[model.provider]
+        t_up = time.perf_counter()
+        try:
+            resp = await self.upstream.send(
+                provider, req.endpoint, trace.upstream_model or req.model, req.body_bytes(), scope["headers"], trace.request_id
+            )
+        except ProxyError as err:
+            trace.upstream_s += time.perf_counter() - t_up
+            await self._send_error(send, err, trace, extra)
+            return
+        try:
+            if resp.status >= 400:
+                raw = await resp.read()
+                trace.upstream_s += time.perf_counter() - t_up
+                err = normalise_upstream_error(resp.status, raw)
+                await self._send_error(send, err, trace, {**_relayed(resp), **extra})
+                return
+            ctype = resp.headers.get("content-type", "")
+            if req.stream and ctype.startswith("text/event-stream"):
+                await self._relay_stream(receive, send, trace, req, resp, extra, t_up)
+            else:
+                raw = await resp.read()
+                trace.upstream_s += time.perf_counter() - t_up
+                trace.status = resp.status
+                headers = _relayed(resp)
+                headers.update(extra)
+                await _respond(send, resp.status, headers, raw, trace.request_id)
+                usage, trace.fingerprint, obj = read_body(raw)
+                trace.usage = usage
+                if not usage.known and req.endpoint.has_output:
+                    trace.counted_output = self.counter.text(body_output_text(obj), encoding=model.encoding)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            trace.upstream_s += time.perf_counter() - t_up
+            err: ProxyError = (
+                UpstreamTimeout("The upstream provider did not answer in time.")
+                if isinstance(e, TimeoutError)
+                else UpstreamUnreachable(f"The upstream connection failed: {e.__class__.__name__}.")
+            )
+            await self._send_error(send, err, trace, extra)
+        finally:
+            resp.release()
+
+    async def _relay_stream(
+        self,
+        receive: Receive,
+        send: Send,
+        trace: Trace,
+        req: ParsedRequest,
+        resp: aiohttp.ClientResponse,
+        extra: dict[str, str],
+        t_up: float,
+    ) -> None:
+        tap = StreamTap(strip_usage_chunk=req.endpoint in (CHAT, COMPLETIONS) and not req.wants_usage)
+        headers = _relayed(resp)
+        headers.update(extra)
+        headers.setdefault("x-request-id", trace.request_id)
+        headers["x-quotagate-request-id"] = trace.request_id
+        trace.status = resp.status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": resp.status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+            }
+        )
+        me = asyncio.current_task()
+        assert me is not None
+        gone = asyncio.Event()
+        relaying = True
+
+        async def watch() -> None:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    gone.set()
+                    if relaying:
+                        me.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        try:
+            async for chunk in resp.content.iter_any():
+                if trace.ttft is None:
+                    trace.ttft = time.perf_counter() - trace.t0
+                out = tap.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            relaying = False
+            tail = tap.finish()
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise  # shutdown: settle in finish() all the same
+            me.uncancel()
+            trace.outcome, trace.error = "client_cancelled", "client disconnected mid-stream"
+        except (aiohttp.ClientError, TimeoutError) as e:
+            relaying = False
+            timeout = isinstance(e, TimeoutError)
+            err: ProxyError = (
+                UpstreamTimeout("The upstream provider stopped sending in time.")
+                if timeout
+                else UpstreamUnreachable(f"The upstream stream broke: {e.__class__.__name__}.")
+            )
+            trace.outcome, trace.error, trace.error_type = "upstream_error", err.message, err.code
+            payload = sse_error(err)
+            if req.endpoint is RESPONSES:
+                payload = b"event: error\n" + payload
+            await send({"type": "http.response.body", "body": payload, "more_body": False})
+        finally:
+            relaying = False
+            watcher.cancel()
+            trace.upstream_s += time.perf_counter() - t_up
+            trace.usage = tap.usage or Usage()
+            trace.fingerprint = tap.fingerprint
+            if tap.usage is None:
+                model = self.s.models[req.model]
+                trace.counted_output = self.counter.text(tap.output_text(), encoding=model.encoding)
+
+    # ---- errors, settlement, records ----------------------------------------------------------------------
+    async def _send_error(self, send: Send, err: ProxyError, trace: Trace, extra: dict[str, str] | None = None) -> None:
+        trace.status, trace.outcome, trace.error = err.status, outcome_of(err), err.message
+        trace.error_type = err.code or err.type
+        status, headers, body = render(err)
+        if extra:
+            headers = {**extra, **headers}
+        await _respond(send, status, headers, body, trace.request_id)
+
+    def _finish(self, trace: Trace, res: Reservation | None, price: Price | None) -> None:
+        est = trace.estimate
+        counted_in = est.tokens if est is not None else 0
+        used = trace.usage.or_counted(counted_in, trace.counted_output or 0)
+        forwarded = trace.outcome in ("ok", "client_cancelled") or (
+            trace.outcome == "upstream_error" and trace.ttft is not None
+        )
+        if forwarded and price is not None:
+            trace.cost = price.cost(used)
+        elif not forwarded:
+            used = Usage(0, 0, 0, 0)
+        self.spawn(self._settle_and_record(trace, res, used))
+
+    async def _settle_and_record(self, trace: Trace, res: Reservation | None, used: Usage) -> None:
+        if res is not None:
+            await self.accountant.settle(res, used.total, trace.cost)
+        self.ledger.append(_record(trace))
+        elapsed = time.perf_counter() - trace.t0
+        est = trace.estimate
+        parts = est.parts if est is not None else None
+        self.metrics.record(
+            RequestOutcome(
+                team=trace.team,
+                model=trace.model if trace.configured else (trace.model or "other"),
+                provider=trace.provider,
+                operation=trace.endpoint.operation,
+                outcome=trace.outcome if trace.outcome != "store_unavailable" else "upstream_error",
+                status=trace.status,
+                error_type=trace.error_type if trace.outcome != "ok" else None,
+                stream=trace.stream,
+                input_tokens=used.input if trace.outcome in ("ok", "client_cancelled") else None,
+                cached_input_tokens=used.cached_input,
+                output_tokens=used.output if trace.outcome in ("ok", "client_cancelled") else None,
+                reasoning_tokens=used.reasoning,
+                cost_micro_usd=trace.cost,
+                duration_s=elapsed,
+                ttft_s=trace.ttft,
+                overhead_s=max(elapsed - trace.upstream_s, 0.0),
+                parts=None
+                if parts is None
+                else {"system": parts.system, "tools": parts.tools, "history": parts.history, "new": parts.new},
+                trimmed_tokens=trace.trimmed,
+                counted_input=est.tokens if est is not None else None,
+                reported_input=trace.usage.input,
+            )
+        )
+
+
+def _record(t: Trace) -> LedgerRecord:
+    est = t.estimate
+    ms = 1000.0
+    return LedgerRecord(
+        request_id=t.request_id,
+        ts=t.ts,
+        team=t.team or "",
+        key_name=t.key_name,
+        model=t.model,
+        provider=t.provider,
+        endpoint=t.endpoint.name,
+        stream=t.stream,
+        status=t.status,
+        outcome=t.outcome,
+        counted_input=est.tokens if est is not None else None,
+        counted_output=t.counted_output,
+        input_tokens=t.usage.input,
+        cached_input_tokens=t.usage.cached_input,
+        output_tokens=t.usage.output,
+        reasoning_tokens=t.usage.reasoning,
+        cost_micro_usd=t.cost,
+        latency_ms=(time.perf_counter() - t.t0) * ms,
+        ttft_ms=t.ttft * ms if t.ttft is not None else None,
+        trimmed_tokens=t.trimmed,
+        estimated=est is not None and not est.exact,
+        seed=t.seed,
+        system_fingerprint=t.fingerprint,
+        upstream_model=t.upstream_model,
+        error=t.error,
+    )
+
+
+def _relayed(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    return {k.lower(): v for k, v in resp.headers.items() if k.lower() not in DROP_RESPONSE}
+
+
+async def _respond(send: Send, status: int, headers: dict[str, str], body: bytes, request_id: str) -> None:
+    if request_id:
+        headers.setdefault("x-request-id", request_id)
+        headers["x-quotagate-request-id"] = request_id
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise InvalidRequest("The client disconnected before sending the whole request.")
+        body = msg.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise BodyTooLarge(f"Request body too large: the limit is {limit} bytes.")
+        chunks.append(body)
+        if not msg.get("more_body", False):
+            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+__all__ = ["ModelNotFound", "Pipeline", "Trace"]

@@ -1,0 +1,115 @@
+"""A team's request rules: context cap (reject or trim), output cap, model access. Pure; no I/O.
+
+Trimming drops the oldest conversation turns until the input fits the team's cap. System and developer
+messages and the latest user turn (with everything after it) always stay; an assistant message that
+called tools leaves together with the tool results that answer it. If it still cannot fit, reject.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ContextLengthExceeded, ModelNotFound
+from .settings import ModelSettings, Settings, TeamSettings
+
+_PINNED = frozenset({"system", "developer"})
+FALLBACK_OUTPUT_CAP = 4096
+
+
+def check_model(settings: Settings, team: TeamSettings | None, model: str) -> ModelSettings:
+    m = settings.models.get(model)
+    if m is None or (team is not None and team.models is not None and model not in team.models):
+        raise ModelNotFound(model)
+    return m
+
+
+@dataclass(frozen=True, slots=True)
+class OutputCap:
+    worst_case: int  # output tokens to reserve
+    send: int | None  # value to write into the request's cap field(s), None = leave the body alone
+
+
+def output_cap(
+    requested: int | None, team: TeamSettings | None, model: ModelSettings, default_cap: int | None, input_tokens: int
+) -> OutputCap:
+    team_cap = team.max_output_tokens if team is not None else None
+    if team_cap is not None:
+        if requested is None or requested > team_cap:
+            return OutputCap(team_cap, team_cap)  # injected when absent, clamped when larger
+        return OutputCap(requested, None)
+    if requested is not None:
+        return OutputCap(requested, None)
+    if default_cap is not None:
+        return OutputCap(default_cap, None)
+    if model.max_output_tokens is not None:
+        return OutputCap(model.max_output_tokens, None)
+    if model.context_window is not None:
+        return OutputCap(max(model.context_window - input_tokens, 0), None)
+    return OutputCap(FALLBACK_OUTPUT_CAP, None)
+
+
+def _too_long(team_name: str, cap: int, tokens: int) -> ContextLengthExceeded:
+    return ContextLengthExceeded(
+        f"Team '{team_name}' allows at most {cap} input tokens per request (max_input_tokens). "
+        f"However, your messages resulted in {tokens} tokens. Please reduce the length of the messages."
+    )
+
+
+def _turn_groups(messages: list[Any]) -> tuple[list[list[int]], int]:
+    """Droppable groups of message indexes, oldest first, and the index of the latest user turn."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages) - 1)
+    groups: list[list[int]] = []
+    i = 0
+    while i < last_user:
+        m = messages[i]
+        if m.get("role") in _PINNED:
+            i += 1
+            continue
+        group = [i]
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            j = i + 1
+            while j < last_user and messages[j].get("role") == "tool":
+                group.append(j)
+                j += 1
+            i = j
+        else:
+            i += 1
+        groups.append(group)
+    return groups, last_user
+
+
+def trim(
+    team_name: str,
+    cap: int,
+    messages: list[Any],
+    count: Callable[[list[Any]], int],
+) -> tuple[list[Any], int, int]:
+    """Drop the oldest turns until ``count(messages) <= cap``: (kept messages, new count, tokens dropped)."""
+    original = count(messages)
+    if original <= cap:
+        return messages, original, 0
+    groups, _ = _turn_groups(messages)
+    dropped: set[int] = set()
+    tokens = original
+    for group in groups:
+        dropped.update(group)
+        # A tool result whose call was dropped earlier would be rejected upstream: it goes too.
+        kept = [m for i, m in enumerate(messages) if i not in dropped]
+        tokens = count(kept)
+        if tokens <= cap:
+            return kept, tokens, original - tokens
+    raise _too_long(team_name, cap, tokens)
+
+
+def enforce_context(
+    team_name: str, team: TeamSettings | None, tokens: int, messages: list[Any] | None, count: Callable[[list[Any]], int]
+) -> tuple[list[Any] | None, int, int]:
+    """(messages to send or None if unchanged, input tokens, trimmed tokens) or ContextLengthExceeded."""
+    if team is None or team.max_input_tokens is None or tokens <= team.max_input_tokens:
+        return None, tokens, 0
+    if team.on_context_overflow == "reject" or messages is None:
+        raise _too_long(team_name, team.max_input_tokens, tokens)
+    kept, new_tokens, trimmed = trim(team_name, team.max_input_tokens, messages, count)
+    return kept, new_tokens, trimmed

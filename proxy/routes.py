@@ -1,0 +1,112 @@
+"""Thin handlers. The governed /v1 endpoints go straight to the pipeline over raw ASGI; everything under
+/admin is a FastAPI app (speed does not matter there, a typed OpenAPI does)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from .admin import admin_app, usage_payload
+from .app import Gateway
+from .auth import bearer
+from .errors import NotFound, ProxyError, StoreUnavailable, render
+from .parse import ENDPOINTS
+from .pipeline import Receive, Scope, Send, _respond
+
+
+class Router:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.admin = admin_app(gw)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.gw.start()
+                except Exception as e:
+                    await send({"type": "lifespan.startup.failed", "message": f"{e.__class__.__name__}: {e}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.gw.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        endpoint = ENDPOINTS.get(path)
+        if endpoint is not None:
+            if method != "POST":
+                return await self._error(send, _method_not_allowed(method, path))
+            return await self.gw.pipeline.handle(scope, receive, send, endpoint)
+        if path.startswith("/admin"):
+            return await self.admin(scope, receive, send)
+        try:
+            if method == "GET" and path == "/v1/models":
+                return await self._json(send, await self._models(scope))
+            if method == "GET" and path == "/v1/usage":
+                return await self._json(send, await self._usage(scope))
+            if method == "GET" and path == "/healthz":
+                return await self._json(send, {"status": "ok"})
+            if method == "GET" and path == "/readyz":
+                await self.gw.store.ping()
+                return await self._json(send, {"status": "ready", "store": self.gw.settings.store.split(":")[0]})
+            if method == "GET" and path == "/metrics":
+                body, ctype = self.gw.metrics.render()
+                return await _respond(send, 200, {"content-type": ctype}, body, "")
+        except ProxyError as err:
+            return await self._error(send, err)
+        await self._error(send, NotFound(f"Invalid URL ({method} {path})", code="unknown_url"))
+
+    async def _principal_team(self, scope: Scope) -> str:
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization")
+        api_key = headers.get(b"api-key")
+        key = bearer(auth.decode("latin-1") if auth else None, api_key.decode("latin-1") if api_key else None)
+        return (await self.gw.keyring.authenticate(key)).team
+
+    async def _models(self, scope: Scope) -> dict[str, Any]:
+        team_name = await self._principal_team(scope)
+        team = self.gw.settings.teams.get(team_name)
+        allowed = team.models if team is not None and team.models is not None else tuple(self.gw.settings.models)
+        created = int(time.time())
+        return {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": created, "owned_by": self.gw.settings.models[m].provider}
+                for m in allowed
+            ],
+        }
+
+    async def _usage(self, scope: Scope) -> dict[str, Any]:
+        team = await self._principal_team(scope)
+        try:
+            return await usage_payload(self.gw, team, since=time.time() - 30 * 86400)
+        except StoreUnavailable:
+            raise
+
+    async def _json(self, send: Send, obj: Any, status: int = 200) -> None:
+        await _respond(send, status, {"content-type": "application/json"}, orjson.dumps(obj), "")
+
+    async def _error(self, send: Send, err: ProxyError) -> None:
+        status, headers, body = render(err)
+        await _respond(send, status, headers, body, "")
+
+
+def _method_not_allowed(method: str, path: str) -> ProxyError:
+    err = ProxyError(f"Invalid method for URL ({method} {path}): only POST is allowed.", code="method_not_allowed")
+    err.status = 405
+    err.type = "invalid_request_error"
+    return err

@@ -1,0 +1,313 @@
+"""The YAML config, validated once at boot into frozen values.
+
+``${VAR}`` is replaced by the environment variable (an unset variable is an error naming the key path);
+``${VAR:-default}`` falls back to ``default``. Prices not given in a model entry come from the dated
+price table (``proxy/data/prices.yaml`` or ``price_table: PATH``). Errors name the offending key path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BUILTIN_PRICES = Path(__file__).parent / "data" / "prices.yaml"
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+Window = Literal["minute", "hour", "day", "week", "month"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key path and why."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProviderSettings(_Frozen):
+    base_url: str
+    api_key: str | None = None
+    # "openai" covers every OpenAI-compatible server (vLLM, SGLang, Ollama, LiteLLM...); "azure" sends `api-key`
+    kind: Literal["openai", "azure"] = "openai"
+    api_version: str | None = None  # azure classic deployments
+    headers: dict[str, str] = Field(default_factory=dict)
+    otel_name: str | None = None  # gen_ai.provider.name; defaults from kind and host
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @property
+    def enabled(self) -> bool:
+        """A provider whose api_key is configured but resolved to empty is switched off."""
+        return self.api_key != ""
+
+
+class PriceSettings(_Frozen):
+    input: Decimal = Field(ge=0)
+    cached_input: Decimal | None = Field(default=None, ge=0)
+    output: Decimal = Field(ge=0)
+
+
+class LongContextSettings(_Frozen):
+    above: int = Field(gt=0)
+    input: Decimal = Field(default=Decimal(1), ge=0)
+    cached_input: Decimal = Field(default=Decimal(1), ge=0)
+    output: Decimal = Field(default=Decimal(1), ge=0)
+
+
+class ModelSettings(_Frozen):
+    provider: str
+    upstream_model: str | None = None
+    encoding: str | None = None
+    context_window: int | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(default=None, ge=0)
+    price: PriceSettings | None = None
+    long_context: LongContextSettings | None = None
+
+
+class BudgetSettings(_Frozen):
+    window: Window
+    tokens: int | None = Field(default=None, gt=0)
+    usd: Decimal | None = Field(default=None, gt=0)
+    warn_at: float | None = Field(default=None, gt=0, lt=1)
+    downgrade_to: str | None = None
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> BudgetSettings:
+        if (self.tokens is None) == (self.usd is None):
+            raise ValueError("give exactly one of `tokens` or `usd`")
+        if self.downgrade_to is not None and self.warn_at is None:
+            raise ValueError("`downgrade_to` needs `warn_at` (the used fraction past which to downgrade)")
+        return self
+
+    @property
+    def unit(self) -> Literal["tokens", "usd"]:
+        return "tokens" if self.tokens is not None else "usd"
+
+    @property
+    def limit(self) -> int:
+        """Tokens, or micro-USD."""
+        if self.tokens is not None:
+            return self.tokens
+        assert self.usd is not None
+        return int(self.usd * 1_000_000)
+
+
+class RateLimitSettings(_Frozen):
+    tpm: int | None = Field(default=None, gt=0)
+    rpm: int | None = Field(default=None, gt=0)
+    concurrent: int | None = Field(default=None, gt=0)
+
+
+class TeamSettings(_Frozen):
+    models: tuple[str, ...] | None = None
+    max_input_tokens: int | None = Field(default=None, gt=0)
+    on_context_overflow: Literal["reject", "trim"] = "reject"
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    budgets: tuple[BudgetSettings, ...] = ()
+    rate_limits: RateLimitSettings = RateLimitSettings()
+
+
+class KeySettings(_Frozen):
+    team: str
+    name: str | None = None
+    sha256: str | None = None
+    key: str | None = None
+    budgets: tuple[BudgetSettings, ...] = ()
+    rate_limits: RateLimitSettings = RateLimitSettings()
+
+    @model_validator(mode="after")
+    def _hash(self) -> KeySettings:
+        if (self.sha256 is None) == (self.key is None):
+            raise ValueError("give exactly one of `sha256` (hex digest) or `key` (plain, for local use)")
+        if self.key == "":
+            raise ValueError("`key` is empty (is its environment variable set?)")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ValueError("`sha256` must be 64 lowercase hex characters")
+        return self
+
+    @property
+    def digest(self) -> str:
+        if self.sha256 is not None:
+            return self.sha256
+        assert self.key is not None
+        return hash_key(self.key)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or f"key-{self.digest[:8]}"
+
+
+class Settings(_Frozen):
+    store: str = "sqlite:///./data/quotagate.db"
+    admin_key: str | None = None
+    on_store_error: Literal["closed", "open"] = "closed"
+    price_table: str | None = "builtin"  # builtin | PATH | null (no table)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    upstream_timeout_s: float = Field(default=600.0, gt=0)
+    lease_seconds: float = Field(default=900.0, gt=0)
+    ledger_flush_seconds: float = Field(default=0.2, gt=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    providers: dict[str, ProviderSettings]
+    models: dict[str, ModelSettings]
+    teams: dict[str, TeamSettings] = Field(default_factory=dict)
+    keys: tuple[KeySettings, ...] = ()
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if not v.startswith(("memory://", "sqlite:///", "redis://", "rediss://")):
+            raise ValueError("must be memory://, sqlite:///PATH or redis://HOST:PORT/DB")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        for name, model in self.models.items():
+            if model.provider not in self.providers:
+                raise _PathError(("models", name, "provider"), f"unknown provider {model.provider!r}")
+            if model.price is None:
+                raise _PathError(
+                    ("models", name, "price"),
+                    "no price in the config or the price table; give `price: {input, output}` "
+                    "(0 for self-hosted models) so that every request can be priced",
+                )
+        for tname, team in self.teams.items():
+            for i, m in enumerate(team.models or ()):
+                if m not in self.models:
+                    raise _PathError(("teams", tname, "models", i), f"unknown model {m!r}")
+            _check_budgets(self, ("teams", tname, "budgets"), team.budgets)
+        for i, key in enumerate(self.keys):
+            if key.team not in self.teams:
+                raise _PathError(("keys", i, "team"), f"unknown team {key.team!r}; declare it under `teams:`")
+            _check_budgets(self, ("keys", i, "budgets"), key.budgets)
+        return self
+
+    def upstream_model(self, model: str) -> str:
+        return self.models[model].upstream_model or model
+
+
+def _check_budgets(s: Settings, path: tuple[str | int, ...], budgets: tuple[BudgetSettings, ...]) -> None:
+    for i, b in enumerate(budgets):
+        if b.downgrade_to is not None and b.downgrade_to not in s.models:
+            raise _PathError((*path, i, "downgrade_to"), f"unknown model {b.downgrade_to!r}")
+
+
+class _PathError(ValueError):
+    def __init__(self, path: tuple[str | int, ...], msg: str) -> None:
+        super().__init__(f"{'.'.join(str(p) for p in path)}: {msg}")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _interpolate(node: Any, path: tuple[str | int, ...], env: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            value = env.get(name)
+            if value:
+                return value
+            if default is not None:
+                return default
+            where = ".".join(str(p) for p in path) or "(top)"
+            raise ConfigError(f"{where}: environment variable {name} is not set (use ${{{name}:-}} if optional)")
+
+        return _ENV.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: _interpolate(v, (*path, k), env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, (*path, i), env) for i, v in enumerate(node)]
+    return node
+
+
+def _load_price_table(ref: str | None, base: Path) -> dict[str, Any]:
+    if ref is None:
+        return {}
+    path = BUILTIN_PRICES if ref == "builtin" else (base / ref)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"price_table: cannot read {path}: {e.strerror}") from e
+    models = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(models, dict):
+        raise ConfigError(f"price_table: {path} has no `models:` mapping")
+    return models
+
+
+def _apply_price_table(raw: dict[str, Any], table: Mapping[str, Any]) -> None:
+    """Fill each model's price, long-context tier and limits from the table, config values winning."""
+    models = raw.get("models")
+    if not isinstance(models, dict):
+        return
+    for name, entry in models.items():
+        if not isinstance(entry, dict):
+            continue
+        # A provider list means "the first enabled one" (e.g. [openai, mock]: OpenAI when its key is set)
+        if isinstance(entry.get("provider"), list):
+            entry["provider"] = _first_enabled(raw, ("models", name, "provider"), entry["provider"])
+        row = table.get(entry.get("upstream_model") or name) or table.get(name)
+        if not isinstance(row, dict):
+            continue
+        if "price" not in entry:
+            entry["price"] = {k: row[k] for k in ("input", "cached_input", "output") if k in row}
+        if "long_context" not in entry and "long_context" in row:
+            entry["long_context"] = row["long_context"]
+        for k in ("context_window", "max_output_tokens"):
+            if k not in entry and k in row:
+                entry[k] = row[k]
+
+
+def _first_enabled(raw: dict[str, Any], path: tuple[str | int, ...], names: list[Any]) -> str:
+    providers = raw.get("providers") or {}
+    for n in names:
+        p = providers.get(n)
+        if isinstance(p, dict) and p.get("api_key", None) != "":
+            return str(n)
+    raise ConfigError(f"{'.'.join(map(str, path))}: none of {names} is enabled (their api_key is empty)")
+
+
+def parse(raw: Any, *, base: Path = Path("."), env: Mapping[str, str] | None = None) -> Settings:
+    if not isinstance(raw, dict):
+        raise ConfigError("(top): the config must be a YAML mapping")
+    raw = _interpolate(raw, (), os.environ if env is None else env)
+    if raw.get("admin_key") == "":
+        raw["admin_key"] = None  # ${QUOTAGATE_ADMIN_KEY:-} unset -> admin API off
+    _apply_price_table(raw, _load_price_table(raw.get("price_table", "builtin"), base))
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        msg = first["msg"]
+        if isinstance(first.get("ctx"), dict) and isinstance(first["ctx"].get("error"), _PathError):
+            raise ConfigError(str(first["ctx"]["error"])) from None
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ConfigError(f"{where}: {msg}{more}") from None
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {p}: {e.strerror}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from e
+    return parse(raw, base=p.parent, env=env)

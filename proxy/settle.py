@@ -1,0 +1,297 @@
+"""Reserve the worst case before forwarding, settle what was used after; leases, reaping, reconciliation.
+
+Flow for one request (tensorzero's rate-limiting flow, in integers)::
+
+    limits = every budget / TPM / RPM / concurrency limit of the team and of the key
+    reserve(worst case: counted input + output cap, priced at the tier that applies)  all or nothing
+    ... forward ...
+    settle(actual: provider usage, else counted)  commit what was used, release the rest
+
+A reservation is a lease: if this process dies before settling, ``reap`` charges the lease in full
+once it expires (``lease_seconds``), and records it in the ledger.
+
+``on_store_error``: ``closed`` answers 503 while the store is unreachable. ``open`` admits against a
+process-local memory store (so limits still hold per replica), and queues what was used; once the
+store answers again the queued usage is added there, so nothing served meanwhile is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BudgetExceeded, ProxyError, RateLimited, StoreUnavailable
+from .limits import Limit, charges, go_duration, holds, limits_for, tag, window_bounds
+from .settings import BudgetSettings, KeySettings, RateLimitSettings, Settings
+from .store.base import CounterValue, Denied, LedgerRecord, Lease, Store
+
+log = logging.getLogger("quotagate.settle")
+_NO_RATES = RateLimitSettings()
+
+
+@dataclass(slots=True)
+class Reservation:
+    lease_id: str
+    hash_tag: str
+    limits: tuple[Limit, ...]
+    local: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Accountant:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        local: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_reaped: Callable[[LedgerRecord], None] | None = None,
+    ) -> None:
+        self._s = settings
+        self._store = store
+        self._local = local
+        self._clock = clock
+        self._on_reaped = on_reaped
+        self._keys: dict[str, KeySettings] = {k.digest: k for k in settings.keys}
+        self._overrides: dict[str, tuple[BudgetSettings, ...]] = {}
+        self._pending_usage: list[tuple[str, dict[str, int], dict[str, float]]] = []
+        self._pending_settles: list[tuple[str, str, dict[str, int]]] = []
+        self._fractions: dict[str, tuple[float, dict[str, float]]] = {}
+        self.tags: set[str] = {tag(t) for t in settings.teams}
+
+    # ---- budgets in force -------------------------------------------------------------------------------
+    def team_budgets(self, team: str) -> tuple[BudgetSettings, ...]:
+        if team in self._overrides:
+            return self._overrides[team]
+        t = self._s.teams.get(team)
+        return t.budgets if t is not None else ()
+
+    async def load_overrides(self) -> None:
+        raw = await self._store.get_overrides()
+        self._overrides = {t: tuple(BudgetSettings.model_validate(b) for b in bs) for t, bs in raw.items()}
+
+    async def set_override(self, team: str, budgets: Sequence[BudgetSettings]) -> None:
+        await self._store.set_override(team, [b.model_dump(mode="json", exclude_none=True) for b in budgets])
+        self._overrides[team] = tuple(budgets)
+
+    def limits(self, team: str, key_digest: str, now: float) -> list[Limit]:
+        t = self._s.teams.get(team)
+        k = self._keys.get(key_digest)
+        return limits_for(
+            team,
+            key_digest,
+            self.team_budgets(team),
+            t.rate_limits if t is not None else _NO_RATES,
+            k.budgets if k is not None else (),
+            k.rate_limits if k is not None else _NO_RATES,
+            now,
+        )
+
+    async def used_fractions(self, team: str, key_digest: str) -> dict[str, float]:
+        """Used share of each budget that has ``warn_at`` (by counter key), cached for a second."""
+        now = self._clock()
+        hit = self._fractions.get(team)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        watched = [lim for lim in self.limits(team, key_digest, now) if lim.budget and lim.budget.warn_at]
+        values = await self._store.counters([lim.key for lim in watched]) if watched else {}
+        fractions = {lim.key: (values.get(lim.key, CounterValue()).used / lim.limit) for lim in watched}
+        self._fractions[team] = (now + 1.0, fractions)
+        return fractions
+
+    async def budget_status(self, team: str, key_digest: str = "") -> list[dict[str, Any]]:
+        """Every budget of a team (and of one of its keys): limit, used, held, remaining, window end."""
+        now = self._clock()
+        lims = [lim for lim in self.limits(team, key_digest, now) if lim.budget is not None]
+        values = await self._store.counters([lim.key for lim in lims]) if lims else {}
+        out: list[dict[str, Any]] = []
+        for lim in lims:
+            v = values.get(lim.key, CounterValue())
+            out.append(
+                {
+                    "scope": lim.scope,
+                    "window": lim.window,
+                    "unit": lim.unit,
+                    "limit": lim.limit,
+                    "used": v.used,
+                    "reserved": v.reserved,
+                    "remaining": max(lim.limit - v.used - v.reserved, 0),
+                    "resets_at": lim.window_end,
+                    "warn_at": lim.budget.warn_at if lim.budget else None,
+                    "downgrade_to": lim.budget.downgrade_to if lim.budget else None,
+                }
+            )
+        return out
+
+    # ---- reserve and settle -----------------------------------------------------------------------------
+    async def reserve(
+        self, team: str, key_digest: str, model: str, worst_tokens: int, worst_micro_usd: int, meta: Mapping[str, Any]
+    ) -> Reservation | None:
+        now = self._clock()
+        lims = self.limits(team, key_digest, now)
+        if not lims:
+            return None
+        lease = Lease(
+            uuid.uuid4().hex, tag(team), holds(lims, worst_tokens, worst_micro_usd), now + self._s.lease_seconds, meta
+        )
+        local = False
+        try:
+            result = await self._store.reserve(lease)
+        except StoreUnavailable:
+            if self._s.on_store_error == "closed":
+                raise
+            log.warning("store unreachable: admitting on the local store (on_store_error: open)")
+            result = await self._local.reserve(lease)
+            local = True
+        if isinstance(result, Denied):
+            raise self._denial(team, model, lims, result, now)
+        return Reservation(lease.id, lease.hash_tag, tuple(lims), local, self._headers(lims, result, now))
+
+    async def settle(self, res: Reservation, tokens: int, micro_usd: int) -> None:
+        ch = charges(res.limits, tokens, micro_usd)
+        if res.local:
+            await self._local.settle(res.lease_id, res.hash_tag, ch)
+            expires = {lim.key: lim.hold(0).expires_at for lim in res.limits}
+            self._pending_usage.append((res.hash_tag, {k: v for k, v in ch.items() if v}, expires))
+            return
+        try:
+            await self._store.settle(res.lease_id, res.hash_tag, ch)
+        except StoreUnavailable:
+            self._pending_settles.append((res.lease_id, res.hash_tag, ch))
+
+    # ---- background: reap expired leases, replay what could not be written ----------------------------
+    async def reconcile(self) -> None:
+        while self._pending_settles:
+            lease_id, htag, ch = self._pending_settles[0]
+            await self._store.settle(lease_id, htag, ch)
+            self._pending_settles.pop(0)
+        while self._pending_usage:
+            htag, ch, expires = self._pending_usage[0]
+            await self._store.add_usage(htag, ch, expires)
+            self._pending_usage.pop(0)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending_settles) + len(self._pending_usage)
+
+    async def reap(self) -> int:
+        now = self._clock()
+        n = 0
+        for htag in sorted(self.tags):
+            for lease in await self._store.reap(htag, now):
+                n += 1
+                if self._on_reaped is not None:
+                    self._on_reaped(_reaped_record(lease))
+        return n
+
+    async def run(self, interval: float = 1.0) -> None:
+        reap_every = max(1.0, min(30.0, self._s.lease_seconds / 10))
+        next_reap = 0.0
+        while True:
+            try:
+                if self.pending:
+                    await self.reconcile()
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + reap_every
+                    await self.reap()
+            except StoreUnavailable:
+                pass  # try again on the next tick; nothing is dropped
+            except Exception:
+                log.exception("accounting background task")
+            await asyncio.sleep(interval)
+
+    # ---- answers -----------------------------------------------------------------------------------------
+    def _denial(self, team: str, model: str, lims: list[Limit], d: Denied, now: float) -> ProxyError:
+        lim = next(x for x in lims if x.key == d.hold.key)
+        wait = max(lim.window_end - now, 0.0) if lim.window else 1.0
+        headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(int(wait * 1000))}
+        used, asked = d.used + d.reserved, d.hold.amount
+        if lim.budget is not None:
+            what = f"{lim.budget.usd} USD" if lim.unit == "usd" else f"{lim.limit} tokens"
+            amount = (lambda v: f"{v / 1e6:.6f} USD") if lim.unit == "usd" else (lambda v: f"{v} tokens")
+            return BudgetExceeded(
+                "You exceeded your current quota, please check your plan and billing details. "
+                f"The {lim.scope} budget of team '{team}' for this {lim.window} ({what}) cannot cover this "
+                f"request: used {amount(d.used)}, held by requests in flight {amount(d.reserved)}, this request "
+                f"needs up to {amount(asked)}. The budget renews in {go_duration(wait)}.",
+                headers=headers,
+            )
+        if lim.unit == "concurrent":
+            return RateLimited(
+                f"Too many concurrent requests for team '{team}': Limit {lim.limit}, In flight {d.reserved}. "
+                "Please try again shortly.",
+                kind="requests",
+                headers={"retry-after": "1", "retry-after-ms": "1000"},
+            )
+        per = "tokens per min (TPM)" if lim.unit == "tokens" else "requests per min (RPM)"
+        kind = "tokens" if lim.unit == "tokens" else "requests"
+        headers.update(self._headers(lims, None, now, denied=d))
+        if asked > lim.limit:
+            headers["x-should-retry"] = "false"  # waiting cannot help
+            return RateLimited(
+                f"Request too large for {model} in team '{team}' on {per}: Limit {lim.limit}, Requested {asked}. "
+                "The input or output tokens must be reduced in order to run successfully.",
+                kind=kind,
+                headers=headers,
+            )
+        return RateLimited(
+            f"Rate limit reached for {model} in team '{team}' on {per}: Limit {lim.limit}, Used {used}, "
+            f"Requested {asked}. Please try again in {go_duration(wait)}.",
+            kind=kind,
+            headers=headers,
+        )
+
+    def _headers(
+        self, lims: list[Limit], admitted: Any, now: float, *, denied: Denied | None = None
+    ) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers for the team's per-minute limits, from the reserve's answer."""
+        values: Mapping[str, CounterValue] = getattr(admitted, "values", None) or {}
+        out: dict[str, str] = {}
+        for lim in lims:
+            if lim.scope != "team" or lim.window != "minute" or lim.budget is not None:
+                continue
+            kind = "tokens" if lim.unit == "tokens" else "requests"
+            v = values.get(lim.key)
+            if denied is not None and denied.hold.key == lim.key:
+                v = CounterValue(denied.used, denied.reserved)
+            out[f"x-ratelimit-limit-{kind}"] = str(lim.limit)
+            if v is not None:
+                out[f"x-ratelimit-remaining-{kind}"] = str(max(lim.limit - v.used - v.reserved, 0))
+            out[f"x-ratelimit-reset-{kind}"] = go_duration(max(lim.window_end - now, 0.0))
+        return out
+
+
+def _reaped_record(lease: Lease) -> LedgerRecord:
+    m = lease.meta
+    return LedgerRecord(
+        request_id=str(m.get("request_id", lease.id)),
+        ts=float(m.get("ts", 0.0)),
+        team=str(m.get("team", "")),
+        key_name=str(m.get("key_name", "")),
+        model=str(m.get("model", "")),
+        provider=str(m.get("provider", "")),
+        endpoint=str(m.get("endpoint", "")),
+        stream=bool(m.get("stream", False)),
+        status=0,
+        outcome="lease_expired",
+        counted_input=m.get("counted_input"),
+        counted_output=None,
+        input_tokens=None,
+        cached_input_tokens=None,
+        output_tokens=None,
+        reasoning_tokens=None,
+        cost_micro_usd=int(m.get("worst_micro_usd", 0)),
+        latency_ms=None,
+        ttft_ms=None,
+        error="lease expired unsettled (replica died?): charged the full reservation",
+    )
+
+
+

@@ -1,0 +1,152 @@
+"""The store contract: atomic reserve/settle of counters, leases, keys, overrides and the ledger.
+
+A *counter* is an opaque string key (the caller encodes scope and window instance in it, e.g.
+``{search}:b:day:tokens:2026-11-24``) holding two integers: ``used`` (committed) and ``reserved`` (held by
+open leases). The store knows nothing of teams, windows or money: the caller turns policy into ``Hold``\\ s.
+
+Flow (every implementation is atomic per call, across processes and replicas)::
+
+    reserve(lease)  -> all holds admitted (reserved += amount for each) or none (Denied, nothing changed)
+    settle(id, ch)  -> for each hold: reserved -= amount; used += charges.get(key, 0); lease deleted
+    extend(id, t)   -> lease lives until t (long streams)
+    reap(team, now) -> expired, unsettled leases are settled at their full amount and returned
+                       so that the caller records them; never silently dropped
+    add_usage(ch)   -> used += amount, unconditionally (reconciling what was admitted while the store was down)
+
+Admission rule for each hold: ``used + reserved + amount <= limit``. A hold with ``limit < 0`` is
+tracked but never refuses (used for concurrency gauges and usage-only counters). Counters expire at
+``expires_at`` (epoch seconds; 0 = never); an expired counter reads as zero.
+
+Cluster: every key of one lease shares the ``hash_tag`` (``{team}``), so a Redis Cluster keeps them in
+one slot; implementations must prefix their own keys with the same tag.
+
+All I/O errors (connection refused, timeouts, locked database past its timeout) surface as
+``StoreUnavailable`` from ``proxy.errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    key: str
+    limit: int  # < 0: unlimited (tracked only)
+    amount: int
+    expires_at: float  # epoch seconds when the counter's window ends; 0 = never
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    id: str
+    hash_tag: str  # "{team}"
+    holds: tuple[Hold, ...]
+    expires_at: float  # epoch seconds; past it, reap() charges the holds in full
+    meta: Mapping[str, Any] = field(default_factory=dict)  # JSON-able; returned by reap() for the ledger
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    hold: Hold  # the first hold that did not fit
+    used: int
+    reserved: int
+
+
+@dataclass(frozen=True, slots=True)
+class CounterValue:
+    used: int = 0
+    reserved: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    sha256: str  # hex digest of the key; the key itself is never stored
+    team: str
+    name: str
+    created_at: float
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    """One request, whatever its outcome. Version 1."""
+
+    request_id: str
+    ts: float  # epoch seconds at arrival
+    team: str
+    key_name: str
+    model: str  # the configured (client-facing) model name, after any downgrade
+    provider: str
+    endpoint: str  # chat | completions | embeddings | responses
+    stream: bool
+    status: int  # HTTP status returned to the client (0 = client gone before any status)
+    outcome: (
+        str  # ok | budget_exceeded | rate_limited | context_rejected | upstream_error | client_cancelled |
+    )
+    #               invalid_request | unauthorized | lease_expired | store_unavailable
+    counted_input: int | None  # quotagate's own pre-count
+    counted_output: int | None  # quotagate's count of the streamed/returned output
+    input_tokens: int | None  # provider-reported (None = not reported)
+    cached_input_tokens: int | None
+    output_tokens: int | None
+    reasoning_tokens: int | None
+    cost_micro_usd: int  # what was charged
+    latency_ms: float | None
+    ttft_ms: float | None
+    trimmed_tokens: int = 0
+    estimated: bool = False  # the pre-count is an estimate (no exact tokenizer)
+    seed: int | None = None
+    system_fingerprint: str | None = None
+    upstream_model: str | None = None
+    error: str | None = None
+    version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """An aggregate of ledger records for ``quotagate usage`` and the admin API."""
+
+    team: str
+    model: str
+    requests: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cost_micro_usd: int
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...  # raises StoreUnavailable
+
+    # counters and leases
+    async def reserve(self, lease: Lease) -> Denied | None: ...
+    async def settle(self, lease_id: str, hash_tag: str, charges: Mapping[str, int]) -> bool: ...
+    async def extend(self, lease_id: str, hash_tag: str, expires_at: float) -> bool: ...
+    async def reap(self, hash_tag: str, now: float) -> list[Lease]: ...
+    async def add_usage(
+        self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]
+    ) -> None: ...
+    async def counters(self, keys: Sequence[str]) -> dict[str, CounterValue]: ...
+
+    # API keys created at runtime (config keys live in settings)
+    async def put_key(self, record: KeyRecord) -> None: ...
+    async def find_key(self, sha256: str) -> KeyRecord | None: ...
+    async def revoke_key(self, sha256: str) -> bool: ...
+    async def list_keys(self, team: str | None = None) -> list[KeyRecord]: ...
+
+    # runtime budget overrides: team -> JSON-able list of budget dicts
+    async def set_override(self, team: str, budgets: list[dict[str, Any]]) -> None: ...
+    async def get_overrides(self) -> dict[str, list[dict[str, Any]]]: ...
+
+    # ledger
+    async def write_ledger(self, records: Sequence[LedgerRecord]) -> None: ...
+    async def usage(self, since: float, team: str | None = None) -> list[UsageRow]: ...
+    async def ledger(
+        self, since: float, team: str | None = None, limit: int = 1000
+    ) -> list[LedgerRecord]: ...

@@ -1,0 +1,37 @@
+-- ledger_v1: append ledger records to the stream with ids derived from the records' own timestamps.
+--
+-- KEYS[1]  stream qg:ledger
+-- ARGV     per record: ts ms, number of fields, then field, value pairs
+--
+-- Each record gets the id max(ts, last id's ms)-seq: ids stay strictly increasing even when records arrive
+-- out of order, and id >= ts always holds, so XRANGE from `since` finds every record with ts >= since
+-- whatever the Redis server's clock says. Entries are never trimmed by quotagate.
+-- Returns the number of records added.
+
+local ms, seq = -1, 0
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local a, b = string.match(last[1][1], '^(%d+)-(%d+)$')
+  ms, seq = tonumber(a), tonumber(b)
+end
+local i, n = 1, 0
+while i <= #ARGV do
+  local ts = tonumber(ARGV[i])
+  local nf = tonumber(ARGV[i + 1])
+  if ts > ms then
+    ms, seq = ts, 0
+  else
+    seq = seq + 1
+  end
+  if ms == 0 and seq == 0 then
+    seq = 1 -- 0-0 is not a valid stream id
+  end
+  local cmd = {'XADD', KEYS[1], string.format('%.0f-%.0f', ms, seq)}
+  for j = i + 2, i + 1 + 2 * nf do
+    cmd[#cmd + 1] = ARGV[j]
+  end
+  redis.call(unpack(cmd))
+  i = i + 2 + 2 * nf
+  n = n + 1
+end
+return n

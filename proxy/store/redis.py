@@ -1,0 +1,325 @@
+"""The shared store: Redis 6.2+, one Lua script (one round trip) per read-modify-write.
+
+Key layout (``{tag}`` is the lease's ``hash_tag``, e.g. ``{search}``)::
+
+    qg:c:<counter key>     HASH used, reserved, exp   counter; the caller's key starts with {tag}
+    qg:{tag}:l:<lease id>  HASH d, h, e, x            lease: JSON, holds for Lua, expiry ms, expiry float
+    qg:{tag}:leases        ZSET lease id -> expiry ms  what reap() scans
+    qg:keys                HASH sha256 -> JSON         runtime API keys
+    qg:overrides           HASH team -> JSON           runtime budget overrides
+    qg:ledger              STREAM                      one entry per LedgerRecord, each field JSON-encoded
+
+Counter keys are ``qg:c:`` + the caller's key (``counters()`` gets no tag), so in a Redis Cluster the
+counter's slot is that of the tag the caller puts first in its key (``{search}:b:day:...``), the same
+slot as the lease: every script touches one slot.
+
+Time: every expiry decision uses the injected clock, passed to the scripts in ms (ARGV), never the Redis
+server's clock. A counter past its window end reads as zero. Its Redis TTL is garbage collection only,
+set relative to the caller's clock (window end - now + grace) rather than PEXPIREAT the window end: a
+fake or skewed clock must never make Redis delete a counter that is still live for its callers.
+Leases have no TTL: an unsettled lease is charged by reap(), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+
+from proxy.errors import StoreUnavailable
+from proxy.store.base import CounterValue, Denied, Hold, KeyRecord, Lease, LedgerRecord, UsageRow
+from proxy.store.memory import is_expired, usage_rows
+
+GRACE_MS = 60_000  # counter TTL beyond its window end (clock skew between replicas)
+REAP_BATCH = 500  # leases per reap script call
+PAGE = 1000  # stream entries per XRANGE
+KEYS_KEY = "qg:keys"
+OVERRIDES_KEY = "qg:overrides"
+LEDGER_KEY = "qg:ledger"
+
+_LEDGER_FIELDS = frozenset(f.name for f in dataclasses.fields(LedgerRecord))
+_SCRIPTS = ("reserve_v1", "settle_v1", "extend_v1", "reap_v1", "add_usage_v1", "revoke_key_v1", "ledger_v1")
+
+
+def counter_key(key: str) -> str:
+    return f"qg:c:{key}"
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _lua(name: str) -> str:
+    return resources.files("proxy.store").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+
+
+class RedisStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        socket_timeout: float = 2.0,
+        connect_timeout: float = 1.0,
+        max_connections: int = 64,
+    ) -> None:
+        self._url = url
+        self._where = url.split("@")[-1]  # never log the password
+        self._clock = clock
+        self._socket_timeout = socket_timeout
+        self._connect_timeout = connect_timeout
+        self._max_connections = max_connections
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    # plumbing
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError) as e:
+            raise StoreUnavailable(f"Redis store at {self._where} unavailable: {e}") from e
+
+    @property
+    def _r(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StoreUnavailable(f"Redis store at {self._where} is not open")
+        return self._client
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
+        if self._client is None:
+            raise StoreUnavailable(f"Redis store at {self._where} is not open")
+        with self._guard():
+            return await self._scripts[name](keys=list(keys), args=list(args))
+
+    # lifecycle
+
+    async def open(self) -> None:
+        """Create the connection pool; connecting is lazy, so a Redis that is down fails at first use."""
+        if self._client is not None:
+            return
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self._url,
+            max_connections=self._max_connections,
+            timeout=self._socket_timeout,  # waiting for a free pooled connection
+            socket_timeout=self._socket_timeout,
+            socket_connect_timeout=self._connect_timeout,
+            # One immediate retry on a broken connection (a pooled socket from before a Redis restart);
+            # none on timeouts, where the script may have run.
+            retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
+        )
+        self._client = aioredis.Redis.from_pool(pool)
+        self._scripts = {name: self._client.register_script(_lua(name)) for name in _SCRIPTS}
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def ping(self) -> None:
+        with self._guard():
+            await self._r.ping()
+
+    # counters and leases
+
+    async def reserve(self, lease: Lease) -> Denied | None:
+        """Admit every hold or none. Reserving an existing lease id again is a no-op (safe to retry)."""
+        tag = lease.hash_tag
+        doc = {
+            "id": lease.id,
+            "hash_tag": tag,
+            "holds": [[h.key, h.limit, h.amount, h.expires_at] for h in lease.holds],
+            "meta": dict(lease.meta),
+        }
+        lua_holds = [[counter_key(h.key), str(h.amount), str(_ms(h.expires_at))] for h in lease.holds]
+        args: list[str | int | bytes] = [
+            _ms(self._clock()),
+            _ms(lease.expires_at),
+            lease.id,
+            orjson.dumps(doc),
+            orjson.dumps(lua_holds),
+            repr(lease.expires_at),
+            GRACE_MS,
+        ]
+        for h in lease.holds:
+            args += [h.limit, h.amount, _ms(h.expires_at)]
+        keys = [f"qg:{tag}:l:{lease.id}", f"qg:{tag}:leases", *(counter_key(h.key) for h in lease.holds)]
+        result = await self._script("reserve_v1", keys, args)
+        if int(result[0]) == 0:
+            return None
+        _, index, used, reserved = (int(x) for x in result)
+        return Denied(hold=lease.holds[index - 1], used=used, reserved=reserved)
+
+    async def settle(self, lease_id: str, hash_tag: str, charges: Mapping[str, int]) -> bool:
+        args: list[str | int | bytes] = [_ms(self._clock()), lease_id, GRACE_MS]
+        for key, amount in charges.items():
+            args += [counter_key(key), amount]
+        keys = [f"qg:{hash_tag}:l:{lease_id}", f"qg:{hash_tag}:leases"]
+        return int(await self._script("settle_v1", keys, args)) == 1
+
+    async def extend(self, lease_id: str, hash_tag: str, expires_at: float) -> bool:
+        keys = [f"qg:{hash_tag}:l:{lease_id}", f"qg:{hash_tag}:leases"]
+        args: list[str | int | bytes] = [_ms(expires_at), lease_id, repr(expires_at)]
+        return int(await self._script("extend_v1", keys, args)) == 1
+
+    async def reap(self, hash_tag: str, now: float) -> list[Lease]:
+        """One script call per REAP_BATCH expired leases (one call in all but pathological cases)."""
+        reaped: list[Lease] = []
+        while True:
+            args: list[str | int | bytes] = [
+                _ms(now),
+                _ms(self._clock()),
+                f"qg:{hash_tag}:l:",
+                GRACE_MS,
+                REAP_BATCH,
+            ]
+            flat = await self._script("reap_v1", [f"qg:{hash_tag}:leases"], args)
+            reaped += [_lease(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+            if len(flat) < 2 * REAP_BATCH:
+                return reaped
+
+    async def add_usage(
+        self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]
+    ) -> None:
+        if not charges:
+            return
+        args: list[str | int | bytes] = [_ms(self._clock()), GRACE_MS]
+        for key, amount in charges.items():
+            args += [amount, _ms(expires_at.get(key, 0.0))]
+        await self._script("add_usage_v1", [counter_key(k) for k in charges], args)
+
+    async def counters(self, keys: Sequence[str]) -> dict[str, CounterValue]:
+        now = self._clock()
+        with self._guard():
+            async with self._r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(counter_key(key), ["used", "reserved", "exp"])
+                rows = await pipe.execute()
+        out: dict[str, CounterValue] = {}
+        for key, (used, reserved, exp) in zip(keys, rows, strict=True):
+            if used is None or is_expired(int(exp or 0) / 1000, now):
+                out[key] = CounterValue()
+            else:
+                out[key] = CounterValue(int(used), int(reserved or 0))
+        return out
+
+    # keys
+
+    async def put_key(self, record: KeyRecord) -> None:
+        # "revoked" last: revoke_key_v1.lua flips it in place
+        doc = {
+            "team": record.team,
+            "name": record.name,
+            "created_at": record.created_at,
+            "revoked": record.revoked,
+        }
+        with self._guard():
+            await self._r.hset(KEYS_KEY, record.sha256, orjson.dumps(doc))
+
+    async def find_key(self, sha256: str) -> KeyRecord | None:
+        with self._guard():
+            raw = await self._r.hget(KEYS_KEY, sha256)
+        return None if raw is None else _key_record(sha256, _b(raw))
+
+    async def revoke_key(self, sha256: str) -> bool:
+        return int(await self._script("revoke_key_v1", [KEYS_KEY], [sha256])) == 1
+
+    async def list_keys(self, team: str | None = None) -> list[KeyRecord]:
+        with self._guard():
+            raw = await self._r.hgetall(KEYS_KEY)
+        records = [_key_record(_b(sha).decode(), _b(doc)) for sha, doc in raw.items()]
+        records = [r for r in records if team is None or r.team == team]
+        return sorted(records, key=lambda r: (r.team, r.name, r.sha256))
+
+    # overrides
+
+    async def set_override(self, team: str, budgets: list[dict[str, Any]]) -> None:
+        with self._guard():
+            await self._r.hset(OVERRIDES_KEY, team, orjson.dumps(budgets))
+
+    async def get_overrides(self) -> dict[str, list[dict[str, Any]]]:
+        with self._guard():
+            raw = await self._r.hgetall(OVERRIDES_KEY)
+        return {_b(team).decode(): orjson.loads(doc) for team, doc in raw.items()}
+
+    # ledger
+
+    async def write_ledger(self, records: Sequence[LedgerRecord]) -> None:
+        if not records:
+            return
+        args: list[str | int | bytes] = []
+        for r in records:
+            fields = dataclasses.asdict(r)
+            args += [_ms(r.ts), len(fields)]
+            for name, value in fields.items():
+                args += [name, orjson.dumps(value)]
+        await self._script("ledger_v1", [LEDGER_KEY], args)
+
+    async def _read_ledger(self, since: float, team: str | None) -> list[tuple[bytes, LedgerRecord]]:
+        """Every record with ts >= since; stream ids are >= the record's ts (ledger_v1.lua)."""
+        out: list[tuple[bytes, LedgerRecord]] = []
+        start: str | bytes = str(max(_ms(since) - 1, 0))
+        with self._guard():
+            while True:
+                page = cast(
+                    "list[tuple[bytes, dict[bytes, bytes]]]",
+                    await self._r.xrange(LEDGER_KEY, min=start, max="+", count=PAGE),
+                )
+                for entry_id, fields in page:
+                    record = _ledger_record(fields)
+                    if record.ts >= since and (team is None or record.team == team):
+                        out.append((entry_id, record))
+                if len(page) < PAGE:
+                    return out
+                start = b"(" + page[-1][0]
+
+    async def usage(self, since: float, team: str | None = None) -> list[UsageRow]:
+        return usage_rows(r for _, r in await self._read_ledger(since, team))
+
+    async def ledger(self, since: float, team: str | None = None, limit: int = 1000) -> list[LedgerRecord]:
+        hits = await self._read_ledger(since, team)
+        hits.sort(key=lambda t: (t[1].ts, _stream_id(t[0])), reverse=True)
+        return [r for _, r in hits[:limit]]
+
+
+def _b(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _lease(doc: bytes, expires_at: bytes) -> Lease:
+    d = orjson.loads(doc)
+    return Lease(
+        id=d["id"],
+        hash_tag=d["hash_tag"],
+        holds=tuple(Hold(k, limit, amount, exp) for k, limit, amount, exp in d["holds"]),
+        expires_at=float(expires_at),
+        meta=d["meta"],
+    )
+
+
+def _key_record(sha256: str, raw: bytes) -> KeyRecord:
+    d = orjson.loads(raw)
+    return KeyRecord(
+        sha256=sha256, team=d["team"], name=d["name"], created_at=d["created_at"], revoked=d["revoked"]
+    )
+
+
+def _ledger_record(fields: Mapping[bytes, bytes]) -> LedgerRecord:
+    values = {k.decode(): orjson.loads(v) for k, v in fields.items()}
+    return LedgerRecord(**{k: v for k, v in values.items() if k in _LEDGER_FIELDS})
+
+
+def _stream_id(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq)

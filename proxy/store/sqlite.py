@@ -1,0 +1,388 @@
+"""A durable single-host store on one SQLite file, correct across processes sharing it.
+
+Every read-modify-write (reserve, settle, extend, reap, add_usage, revoke) is one ``BEGIN IMMEDIATE``
+transaction: it takes the database's write lock before reading, so two uvicorn workers on the same file
+serialise exactly as Redis scripts do. WAL mode lets readers proceed meanwhile; ``busy_timeout`` bounds
+how long a writer waits for the lock before the call fails with ``StoreUnavailable``.
+
+sqlite3 blocks, so each store owns one connection used from one dedicated thread. ``synchronous=NORMAL``
+(safe with WAL) may lose the last transactions on power loss but never corrupts the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from proxy.errors import StoreUnavailable
+from proxy.store.base import CounterValue, Denied, Hold, KeyRecord, Lease, LedgerRecord, UsageRow
+from proxy.store.memory import is_expired
+
+SCHEMA_VERSION = 1
+_PURGE_EVERY = 60.0
+_T = TypeVar("_T")
+
+_LEDGER_COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRecord))
+_LEDGER_BOOLS = frozenset({"stream", "estimated"})
+_PLACEHOLDERS = ", ".join("?" * len(_LEDGER_COLUMNS))
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY, used INTEGER NOT NULL, reserved INTEGER NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    hash_tag TEXT NOT NULL, id TEXT NOT NULL, expires_at REAL NOT NULL, holds TEXT NOT NULL,
+    meta TEXT NOT NULL, PRIMARY KEY (hash_tag, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS leases_expiry ON leases (hash_tag, expires_at);
+CREATE TABLE IF NOT EXISTS api_keys (
+    sha256 TEXT PRIMARY KEY, team TEXT NOT NULL, name TEXT NOT NULL, created_at REAL NOT NULL,
+    revoked INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS overrides (team TEXT PRIMARY KEY, budgets TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger ({", ".join(_LEDGER_COLUMNS)});
+CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
+CREATE INDEX IF NOT EXISTS ledger_team_ts ON ledger (team, ts);
+"""
+
+_USAGE_SQL = """
+SELECT team, model, COUNT(*),
+       SUM(COALESCE(input_tokens, counted_input, 0)), SUM(COALESCE(cached_input_tokens, 0)),
+       SUM(COALESCE(output_tokens, counted_output, 0)), SUM(COALESCE(reasoning_tokens, 0)),
+       SUM(cost_micro_usd)
+FROM ledger WHERE ts >= ? {team} GROUP BY team, model ORDER BY team, model
+"""
+
+
+class SqliteStore:
+    def __init__(
+        self, path: str | Path, *, clock: Callable[[], float] = time.time, busy_timeout: float = 5.0
+    ) -> None:
+        self._path = Path(path)
+        self._clock = clock
+        self._busy_timeout = busy_timeout
+        self._con: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._last_purge = 0.0
+
+    # plumbing
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._executor is None:
+            raise StoreUnavailable(f"SQLite store {self._path} is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise  # bugs, not outages
+        except (sqlite3.DatabaseError, OSError) as e:
+            raise StoreUnavailable(f"SQLite store {self._path} unavailable: {e}") from e
+
+    def _db(self) -> sqlite3.Connection:
+        if self._con is None:
+            raise StoreUnavailable(f"SQLite store {self._path} is not open")
+        return self._con
+
+    def _tx(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(con, *args)`` in one write transaction that holds the lock from its first read."""
+        con = self._db()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(con, *args)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return result
+
+    async def _write(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await self._run(self._tx, fn, *args)
+
+    # lifecycle
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quotagate-sqlite")
+        try:
+            await self._run(self._connect)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _connect(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(
+            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            con.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute("PRAGMA synchronous = NORMAL")
+            self._con = con
+            self._tx(_create_schema)
+        except BaseException:
+            self._con = None
+            con.close()
+            raise
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self._run(self._disconnect)
+        finally:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    def _disconnect(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._db().execute("SELECT 1").fetchone())
+
+    # counters and leases
+
+    async def reserve(self, lease: Lease) -> Denied | None:
+        """Admit every hold or none. Reserving an existing lease id again is a no-op (safe to retry)."""
+        return await self._write(_reserve, lease, self._clock())
+
+    async def settle(self, lease_id: str, hash_tag: str, charges: Mapping[str, int]) -> bool:
+        return await self._write(_settle, lease_id, hash_tag, dict(charges), self._clock())
+
+    async def extend(self, lease_id: str, hash_tag: str, expires_at: float) -> bool:
+        return await self._write(_extend, lease_id, hash_tag, expires_at)
+
+    async def reap(self, hash_tag: str, now: float) -> list[Lease]:
+        clock_now = self._clock()
+        purge = clock_now - self._last_purge >= _PURGE_EVERY
+        if purge:
+            self._last_purge = clock_now
+        return await self._write(_reap, hash_tag, now, clock_now, purge)
+
+    async def add_usage(
+        self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]
+    ) -> None:
+        await self._write(_add_usage, dict(charges), dict(expires_at), self._clock())
+
+    async def counters(self, keys: Sequence[str]) -> dict[str, CounterValue]:
+        return await self._run(self._read_counters, list(keys), self._clock())
+
+    def _read_counters(self, keys: list[str], now: float) -> dict[str, CounterValue]:
+        con = self._db()
+        return {key: CounterValue(*_live(con, key, now)) for key in keys}
+
+    # keys
+
+    async def put_key(self, record: KeyRecord) -> None:
+        await self._write(
+            lambda con: con.execute(
+                "INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?, ?, ?)",
+                (record.sha256, record.team, record.name, record.created_at, int(record.revoked)),
+            )
+        )
+
+    async def find_key(self, sha256: str) -> KeyRecord | None:
+        rows = await self._run(self._select, "SELECT * FROM api_keys WHERE sha256 = ?", (sha256,))
+        return _key_record(rows[0]) if rows else None
+
+    async def revoke_key(self, sha256: str) -> bool:
+        return await self._write(
+            lambda con: (
+                con.execute("UPDATE api_keys SET revoked = 1 WHERE sha256 = ?", (sha256,)).rowcount > 0
+            )
+        )
+
+    async def list_keys(self, team: str | None = None) -> list[KeyRecord]:
+        where, params = ("WHERE team = ?", (team,)) if team is not None else ("", ())
+        rows = await self._run(
+            self._select, f"SELECT * FROM api_keys {where} ORDER BY team, name, sha256", params
+        )
+        return [_key_record(r) for r in rows]
+
+    def _select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._db().execute(sql, params).fetchall()
+
+    # overrides
+
+    async def set_override(self, team: str, budgets: list[dict[str, Any]]) -> None:
+        blob = orjson.dumps(budgets).decode()
+        await self._write(
+            lambda con: con.execute("INSERT OR REPLACE INTO overrides VALUES (?, ?)", (team, blob))
+        )
+
+    async def get_overrides(self) -> dict[str, list[dict[str, Any]]]:
+        rows = await self._run(self._select, "SELECT team, budgets FROM overrides ORDER BY team", ())
+        return {team: orjson.loads(blob) for team, blob in rows}
+
+    # ledger
+
+    async def write_ledger(self, records: Sequence[LedgerRecord]) -> None:
+        if not records:
+            return
+        rows = [dataclasses.astuple(r) for r in records]
+        sql = f"INSERT INTO ledger ({', '.join(_LEDGER_COLUMNS)}) VALUES ({_PLACEHOLDERS})"
+        await self._write(lambda con: con.executemany(sql, rows))
+
+    async def usage(self, since: float, team: str | None = None) -> list[UsageRow]:
+        where, params = ("AND team = ?", (since, team)) if team is not None else ("", (since,))
+        rows = await self._run(self._select, _USAGE_SQL.format(team=where), params)
+        return [UsageRow(*row) for row in rows]
+
+    async def ledger(self, since: float, team: str | None = None, limit: int = 1000) -> list[LedgerRecord]:
+        where, params = ("AND team = ?", (since, team, limit)) if team is not None else ("", (since, limit))
+        sql = (
+            f"SELECT {', '.join(_LEDGER_COLUMNS)} FROM ledger WHERE ts >= ? {where} "
+            "ORDER BY ts DESC, rowid DESC LIMIT ?"
+        )
+        rows = await self._run(self._select, sql, params)
+        return [_ledger_record(r) for r in rows]
+
+
+# Transaction bodies: they run on the store's thread inside BEGIN IMMEDIATE.
+
+
+def _create_schema(con: sqlite3.Connection) -> None:
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            con.execute(statement)
+    row = con.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    if row[0] is None:
+        con.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+    elif row[0] > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"SQLite store schema version {row[0]} is newer than this quotagate ({SCHEMA_VERSION})"
+        )
+
+
+def _live(con: sqlite3.Connection, key: str, now: float) -> tuple[int, int]:
+    row = con.execute("SELECT used, reserved, expires_at FROM counters WHERE key = ?", (key,)).fetchone()
+    if row is None or is_expired(row[2], now):
+        return 0, 0
+    return row[0], row[1]
+
+
+def _put(con: sqlite3.Connection, key: str, used: int, reserved: int, expires_at: float) -> None:
+    con.execute("INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?)", (key, used, reserved, expires_at))
+
+
+def _reserve(con: sqlite3.Connection, lease: Lease, now: float) -> Denied | None:
+    exists = con.execute("SELECT 1 FROM leases WHERE hash_tag = ? AND id = ?", (lease.hash_tag, lease.id))
+    if exists.fetchone() is not None:
+        return None
+    state: dict[str, tuple[int, int]] = {}
+    pending: dict[str, int] = {}
+    for hold in lease.holds:
+        used, reserved = state.setdefault(hold.key, _live(con, hold.key, now))
+        ahead = pending.get(hold.key, 0)
+        if hold.limit >= 0 and used + reserved + ahead + hold.amount > hold.limit:
+            return Denied(hold=hold, used=used, reserved=reserved)
+        pending[hold.key] = ahead + hold.amount
+    for hold in lease.holds:
+        used, reserved = _live(con, hold.key, now)
+        _put(con, hold.key, used, reserved + hold.amount, hold.expires_at)
+    holds = [[h.key, h.limit, h.amount, h.expires_at] for h in lease.holds]
+    con.execute(
+        "INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
+        (
+            lease.hash_tag,
+            lease.id,
+            lease.expires_at,
+            orjson.dumps(holds).decode(),
+            orjson.dumps(dict(lease.meta)).decode(),
+        ),
+    )
+    return None
+
+
+def _charge(con: sqlite3.Connection, holds: Sequence[Hold], charges: Mapping[str, int], now: float) -> None:
+    for hold in holds:
+        if is_expired(hold.expires_at, now):
+            continue
+        used, reserved = _live(con, hold.key, now)
+        _put(con, hold.key, used + charges.get(hold.key, 0), max(0, reserved - hold.amount), hold.expires_at)
+
+
+def _load_lease(row: tuple[Any, ...]) -> Lease:
+    hash_tag, lease_id, expires_at, holds, meta = row
+    return Lease(
+        id=lease_id,
+        hash_tag=hash_tag,
+        holds=tuple(Hold(k, limit, amount, exp) for k, limit, amount, exp in orjson.loads(holds)),
+        expires_at=expires_at,
+        meta=orjson.loads(meta),
+    )
+
+
+def _take_lease(con: sqlite3.Connection, lease_id: str, hash_tag: str) -> Lease | None:
+    row = con.execute("SELECT * FROM leases WHERE hash_tag = ? AND id = ?", (hash_tag, lease_id)).fetchone()
+    if row is None:
+        return None
+    con.execute("DELETE FROM leases WHERE hash_tag = ? AND id = ?", (hash_tag, lease_id))
+    return _load_lease(row)
+
+
+def _settle(
+    con: sqlite3.Connection, lease_id: str, hash_tag: str, charges: dict[str, int], now: float
+) -> bool:
+    lease = _take_lease(con, lease_id, hash_tag)
+    if lease is None:
+        return False
+    _charge(con, lease.holds, charges, now)
+    return True
+
+
+def _extend(con: sqlite3.Connection, lease_id: str, hash_tag: str, expires_at: float) -> bool:
+    cur = con.execute(
+        "UPDATE leases SET expires_at = ? WHERE hash_tag = ? AND id = ?", (expires_at, hash_tag, lease_id)
+    )
+    return cur.rowcount > 0
+
+
+def _reap(con: sqlite3.Connection, hash_tag: str, now: float, clock_now: float, purge: bool) -> list[Lease]:
+    rows = con.execute(
+        "SELECT * FROM leases WHERE hash_tag = ? AND expires_at <= ? ORDER BY expires_at", (hash_tag, now)
+    ).fetchall()
+    leases = [_load_lease(row) for row in rows]
+    for lease in leases:
+        con.execute("DELETE FROM leases WHERE hash_tag = ? AND id = ?", (hash_tag, lease.id))
+        _charge(con, lease.holds, {h.key: h.amount for h in lease.holds}, clock_now)
+    if purge:
+        con.execute("DELETE FROM counters WHERE expires_at > 0 AND expires_at <= ?", (clock_now,))
+    return leases
+
+
+def _add_usage(
+    con: sqlite3.Connection, charges: dict[str, int], expires_at: dict[str, float], now: float
+) -> None:
+    for key, amount in charges.items():
+        exp = expires_at.get(key, 0.0)
+        if not is_expired(exp, now):
+            used, reserved = _live(con, key, now)
+            _put(con, key, used + amount, reserved, exp)
+
+
+def _key_record(row: tuple[Any, ...]) -> KeyRecord:
+    sha256, team, name, created_at, revoked = row
+    return KeyRecord(sha256=sha256, team=team, name=name, created_at=created_at, revoked=bool(revoked))
+
+
+def _ledger_record(row: tuple[Any, ...]) -> LedgerRecord:
+    values: dict[str, Any] = {
+        col: (bool(v) if col in _LEDGER_BOOLS else v) for col, v in zip(_LEDGER_COLUMNS, row, strict=True)
+    }
+    return LedgerRecord(**values)

@@ -1,0 +1,70 @@
+"""Token usage as reported by a provider or counted by quotagate.
+
+Unset is not zero: every field is ``int | None`` so "the provider did not say" stays distinguishable from
+"the provider said 0". ``cached_input`` is part of ``input`` and ``reasoning`` is part of ``output``
+(OpenAI semantics, conventions.md section 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input: int | None = None
+    cached_input: int | None = None
+    output: int | None = None
+    reasoning: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.input is not None or self.output is not None
+
+    def or_counted(self, counted_input: int, counted_output: int) -> Usage:
+        """The provider's figures where given, quotagate's own counts where not."""
+        return Usage(
+            input=self.input if self.input is not None else counted_input,
+            cached_input=self.cached_input or 0,
+            output=self.output if self.output is not None else counted_output,
+            reasoning=self.reasoning or 0,
+        )
+
+    @property
+    def total(self) -> int:
+        return (self.input or 0) + (self.output or 0)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def from_openai(usage: Any) -> Usage:
+    """Read a Chat/Completions/Embeddings ``usage`` or a Responses ``usage`` object."""
+    if not isinstance(usage, dict):
+        return Usage()
+    if "input_tokens" in usage or "output_tokens" in usage:  # Responses API
+        in_details = usage.get("input_tokens_details") or {}
+        out_details = usage.get("output_tokens_details") or {}
+        return Usage(
+            input=_int(usage.get("input_tokens")),
+            cached_input=_int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else None,
+            output=_int(usage.get("output_tokens")),
+            reasoning=_int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else None,
+        )
+    p_details = usage.get("prompt_tokens_details") or {}
+    c_details = usage.get("completion_tokens_details") or {}
+    reasoning = _int(c_details.get("reasoning_tokens")) if isinstance(c_details, dict) else None
+    if reasoning is None:  # SGLang puts it at the top level
+        reasoning = _int(usage.get("reasoning_tokens"))
+    prompt = _int(usage.get("prompt_tokens"))
+    completion = _int(usage.get("completion_tokens"))
+    if completion is None and prompt is not None:  # embeddings: no completion at all
+        completion = 0
+    return Usage(
+        input=prompt,
+        cached_input=_int(p_details.get("cached_tokens")) if isinstance(p_details, dict) else None,
+        output=completion,
+        reasoning=reasoning,
+    )
