@@ -96,7 +96,7 @@ class SqliteStore:
     def _tx(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(con, *args)`` in one write transaction that holds the lock from its first read."""
         con = self._db()
-        con.execute("BEGIN IMMEDIATE")
+        con.execute("BEGIN")
         try:
             result = fn(con, *args)
             con.execute("COMMIT")
