@@ -70,8 +70,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"{args.path}: {e}", file=sys.stderr)
         return 1
-    print(f"{args.path}: ok ({len(s.providers)} providers, {len(s.models)} models, {len(s.teams)} teams, "
-          f"{len(s.keys)} keys, store {s.store.split('://')[0]})")
+    print(
+        f"{args.path}: ok ({len(s.providers)} providers, {len(s.models)} models, {len(s.teams)} teams, "
+        f"{len(s.keys)} keys, store {s.store.split('://')[0]})"
+    )
     return 0
 
 
@@ -96,8 +98,10 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         print(f"quotagate: unknown team {args.team!r} (declare it under `teams:`)", file=sys.stderr)
         return 2
     if settings.store.startswith("memory://"):
-        print("quotagate: the store is memory://; a key created here would vanish. Use sqlite:// or redis://.",
-              file=sys.stderr)
+        print(
+            "quotagate: the store is memory://; a key created here would vanish. Use sqlite:// or redis://.",
+            file=sys.stderr,
+        )
         return 2
     key = new_key()
     digest = hash_key(key)
@@ -108,8 +112,10 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
     asyncio.run(_with_store(settings, put))
     print(key)
-    print(f"# team={record.team} name={record.name} sha256={digest} (shown once; only the hash is stored)",
-          file=sys.stderr)
+    print(
+        f"# team={record.team} name={record.name} sha256={digest} (shown once; only the hash is stored)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -131,13 +137,25 @@ def cmd_usage(args: argparse.Namespace) -> int:
     rows = asyncio.run(_with_store(settings, read))
     header = ("team", "model", "requests", "input", "cached", "output", "reasoning", "cost_usd")
     table = [header] + [
-        (r.team, r.model, str(r.requests), str(r.input_tokens), str(r.cached_input_tokens), str(r.output_tokens),
-         str(r.reasoning_tokens), f"{r.cost_micro_usd / 1e6:.6f}")
+        (
+            r.team,
+            r.model,
+            str(r.requests),
+            str(r.input_tokens),
+            str(r.cached_input_tokens),
+            str(r.output_tokens),
+            str(r.reasoning_tokens),
+            f"{r.cost_micro_usd / 1e6:.6f}",
+        )
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        print(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
     if not rows:
         print("(no requests in this period)")
     return 0
@@ -146,10 +164,17 @@ def cmd_usage(args: argparse.Namespace) -> int:
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
     from .mock_upstream import MockConfig, run
 
-    run(args.host, args.port, MockConfig(
-        ttft_per_1k_input_s=args.ttft_per_1k, base_ttft_s=args.base_ttft, tpot_s=args.tpot,
-        default_output_tokens=args.output_tokens, api_key=args.api_key,
-    ))
+    run(
+        args.host,
+        args.port,
+        MockConfig(
+            ttft_per_1k_input_s=args.ttft_per_1k,
+            base_ttft_s=args.base_ttft,
+            tpot_s=args.tpot,
+            default_output_tokens=args.output_tokens,
+            api_key=args.api_key,
+        ),
+    )
     return 0
 
 
@@ -187,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mock-upstream", help="an OpenAI-compatible mock server for demos, tests, benchmarks")
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--port", type=int, default=9000)
-    m.add_argument("--ttft-per-1k", type=float, default=0.0, help="seconds of time-to-first-token per 1K input tokens")
+    m.add_argument(
+        "--ttft-per-1k", type=float, default=0.0, help="seconds of time-to-first-token per 1K input tokens"
+    )
     m.add_argument("--base-ttft", type=float, default=0.0)
     m.add_argument("--tpot", type=float, default=0.0, help="seconds per output token")
     m.add_argument("--output-tokens", type=int, default=16)

@@ -134,7 +134,18 @@ def build_gateway(
 
     pipeline = Pipeline(settings, keyring, counter, accountant, upstream, ledger, metrics, spawn)
     gw = Gateway(
-        settings, store, local, keyring, counter, accountant, upstream, ledger, metrics, pipeline, clock, gw_tasks
+        settings,
+        store,
+        local,
+        keyring,
+        counter,
+        accountant,
+        upstream,
+        ledger,
+        metrics,
+        pipeline,
+        clock,
+        gw_tasks,
     )
     holder["gw"] = gw
     return gw

@@ -8,6 +8,7 @@ full) with one store call. A failed flush keeps its batch and retries, so a stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 
@@ -50,10 +51,8 @@ class Ledger:
 
     async def _run(self) -> None:
         while not self._closing:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.flush()

@@ -87,7 +87,9 @@ def limits_for(
     ):
         for b in budgets:
             wid, _, end = window_bounds(b.window, now)
-            out.append(Limit(f"{prefix}:b:{b.window}:{b.unit}:{wid}", b.limit, b.unit, b.window, end, scope, b))
+            out.append(
+                Limit(f"{prefix}:b:{b.window}:{b.unit}:{wid}", b.limit, b.unit, b.window, end, scope, b)
+            )
         if rates.tpm or rates.rpm:
             wid, _, end = window_bounds("minute", now)
             if rates.tpm:
@@ -114,7 +116,8 @@ def amount_for(unit: Unit, tokens: int, micro_usd: int) -> int:
 def charges(limits: Iterable[Limit], tokens: int, micro_usd: int) -> dict[str, int]:
     """What each counter is charged at settlement; in-flight slots are released, never committed."""
     return {
-        lim.key: (0 if lim.unit == "concurrent" else amount_for(lim.unit, tokens, micro_usd)) for lim in limits
+        lim.key: (0 if lim.unit == "concurrent" else amount_for(lim.unit, tokens, micro_usd))
+        for lim in limits
     }
 
 

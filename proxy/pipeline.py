@@ -171,11 +171,17 @@ class Pipeline:
         tokens = est.tokens
         if req.endpoint is CHAT:
             kept, tokens, trimmed = policy.enforce_context(
-                principal.team, team, tokens, req.body["messages"], lambda msgs: self._count_messages(req, model, msgs)
+                principal.team,
+                team,
+                tokens,
+                req.body["messages"],
+                lambda msgs: self._count_messages(req, model, msgs),
             )
             if kept is not None:
                 req.set("messages", kept)
-                est = self.counter.chat(kept, req.body.get("tools"), model=trace.upstream_model, encoding=model.encoding)
+                est = self.counter.chat(
+                    kept, req.body.get("tools"), model=trace.upstream_model, encoding=model.encoding
+                )
                 trace.trimmed = trimmed
                 extra["x-quotagate-trimmed-tokens"] = str(trimmed)
         else:
@@ -196,7 +202,7 @@ class Pipeline:
             req.set("model", trace.upstream_model)
         if req.stream and req.endpoint in (CHAT, COMPLETIONS) and not req.wants_usage:
             req.set("stream_options", {**(req.body.get("stream_options") or {}), "include_usage": True})
-        price = self.s and self._price(req.model)
+        price = self.prices[req.model]
         worst_usd = price.worst_case(est.tokens, cap.worst_case)
         seed = req.body.get("seed")
         trace.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
@@ -224,28 +230,24 @@ class Pipeline:
             extra.update(res.headers)
         return req, model, price, res, extra
 
-    def _price(self, model: str) -> Price:
-        return self.prices[model]
-
     async def _downgrade(self, team: str, digest: str, model: str) -> str | None:
-        budgets = [b for b in self.accountant.team_budgets(team) if b.downgrade_to and b.warn_at]
-        if not budgets:
-            return None
-        fractions = await self.accountant.used_fractions(team, digest)
-        for lim_key, used in fractions.items():
-            for b in budgets:
-                if f":b:{b.window}:{b.unit}:" in lim_key and b.warn_at is not None and used >= b.warn_at:
-                    if b.downgrade_to != model and b.downgrade_to is not None:
-                        t = self.s.teams.get(team)
-                        if t is None or t.models is None or b.downgrade_to in t.models:
-                            return b.downgrade_to
+        """The cheaper model to serve with, once a budget with ``downgrade_to`` is past its ``warn_at``."""
+        for budget, used in await self.accountant.downgrade_fractions(team, digest):
+            target = budget.downgrade_to
+            if target is None or target == model or budget.warn_at is None or used < budget.warn_at:
+                continue
+            t = self.s.teams.get(team)
+            if t is None or t.models is None or target in t.models:
+                return target
         return None
 
     async def _count(self, req: ParsedRequest, model: ModelSettings) -> Estimate:
         name = model.upstream_model or req.model
         b = req.body
         if req.endpoint is CHAT:
-            return await self.counter.achat(b["messages"], b.get("tools"), model=name, encoding=model.encoding)
+            return await self.counter.achat(
+                b["messages"], b.get("tools"), model=name, encoding=model.encoding
+            )
         if req.endpoint is RESPONSES:
             instructions = b.get("instructions")
             return await self.counter.aresponses(
@@ -278,18 +280,24 @@ class Pipeline:
         t_up = time.perf_counter()
         try:
             resp = await self.upstream.send(
-                provider, req.endpoint, trace.upstream_model or req.model, req.body_bytes(), scope["headers"], trace.request_id
+                provider,
+                req.endpoint,
+                trace.upstream_model or req.model,
+                req.body_bytes(),
+                scope["headers"],
+                trace.request_id,
             )
-        except ProxyError as err:
+        except ProxyError as transport_err:
             trace.upstream_s += time.perf_counter() - t_up
-            await self._send_error(send, err, trace, extra)
+            await self._send_error(send, transport_err, trace, extra)
             return
         try:
             if resp.status >= 400:
                 raw = await resp.read()
                 trace.upstream_s += time.perf_counter() - t_up
-                err = normalise_upstream_error(resp.status, raw)
-                await self._send_error(send, err, trace, {**_relayed(resp), **extra})
+                await self._send_error(
+                    send, normalise_upstream_error(resp.status, raw), trace, {**_relayed(resp), **extra}
+                )
                 return
             ctype = resp.headers.get("content-type", "")
             if req.stream and ctype.startswith("text/event-stream"):
@@ -307,12 +315,12 @@ class Pipeline:
                     trace.counted_output = self.counter.text(body_output_text(obj), encoding=model.encoding)
         except (aiohttp.ClientError, TimeoutError) as e:
             trace.upstream_s += time.perf_counter() - t_up
-            err: ProxyError = (
+            broke: ProxyError = (
                 UpstreamTimeout("The upstream provider did not answer in time.")
                 if isinstance(e, TimeoutError)
                 else UpstreamUnreachable(f"The upstream connection failed: {e.__class__.__name__}.")
             )
-            await self._send_error(send, err, trace, extra)
+            await self._send_error(send, broke, trace, extra)
         finally:
             resp.release()
 
@@ -393,7 +401,9 @@ class Pipeline:
                 trace.counted_output = self.counter.text(tap.output_text(), encoding=model.encoding)
 
     # ---- errors, settlement, records ----------------------------------------------------------------------
-    async def _send_error(self, send: Send, err: ProxyError, trace: Trace, extra: dict[str, str] | None = None) -> None:
+    async def _send_error(
+        self, send: Send, err: ProxyError, trace: Trace, extra: dict[str, str] | None = None
+    ) -> None:
         trace.status, trace.outcome, trace.error = err.status, outcome_of(err), err.message
         trace.error_type = err.code or err.type
         status, headers, body = render(err)
@@ -441,7 +451,12 @@ class Pipeline:
                 overhead_s=max(elapsed - trace.upstream_s, 0.0),
                 parts=None
                 if parts is None
-                else {"system": parts.system, "tools": parts.tools, "history": parts.history, "new": parts.new},
+                else {
+                    "system": parts.system,
+                    "tools": parts.tools,
+                    "history": parts.history,
+                    "new": parts.new,
+                },
                 trimmed_tokens=trace.trimmed,
                 counted_input=est.tokens if est is not None else None,
                 reported_input=trace.usage.input,

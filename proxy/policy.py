@@ -32,7 +32,11 @@ class OutputCap:
 
 
 def output_cap(
-    requested: int | None, team: TeamSettings | None, model: ModelSettings, default_cap: int | None, input_tokens: int
+    requested: int | None,
+    team: TeamSettings | None,
+    model: ModelSettings,
+    default_cap: int | None,
+    input_tokens: int,
 ) -> OutputCap:
     team_cap = team.max_output_tokens if team is not None else None
     if team_cap is not None:
@@ -104,7 +108,11 @@ def trim(
 
 
 def enforce_context(
-    team_name: str, team: TeamSettings | None, tokens: int, messages: list[Any] | None, count: Callable[[list[Any]], int]
+    team_name: str,
+    team: TeamSettings | None,
+    tokens: int,
+    messages: list[Any] | None,
+    count: Callable[[list[Any]], int],
 ) -> tuple[list[Any] | None, int, int]:
     """(messages to send or None if unchanged, input tokens, trimmed tokens) or ContextLengthExceeded."""
     if team is None or team.max_input_tokens is None or tokens <= team.max_input_tokens:

@@ -52,7 +52,7 @@ class Router:
                 return await self._error(send, _method_not_allowed(method, path))
             return await self.gw.pipeline.handle(scope, receive, send, endpoint)
         if path.startswith("/admin"):
-            return await self.admin(scope, receive, send)
+            return await self.admin(scope, receive, send)  # type: ignore[arg-type]
         try:
             if method == "GET" and path == "/v1/models":
                 return await self._json(send, await self._models(scope))
@@ -62,7 +62,9 @@ class Router:
                 return await self._json(send, {"status": "ok"})
             if method == "GET" and path == "/readyz":
                 await self.gw.store.ping()
-                return await self._json(send, {"status": "ready", "store": self.gw.settings.store.split(":")[0]})
+                return await self._json(
+                    send, {"status": "ready", "store": self.gw.settings.store.split(":")[0]}
+                )
             if method == "GET" and path == "/metrics":
                 body, ctype = self.gw.metrics.render()
                 return await _respond(send, 200, {"content-type": ctype}, body, "")
@@ -80,12 +82,19 @@ class Router:
     async def _models(self, scope: Scope) -> dict[str, Any]:
         team_name = await self._principal_team(scope)
         team = self.gw.settings.teams.get(team_name)
-        allowed = team.models if team is not None and team.models is not None else tuple(self.gw.settings.models)
+        allowed = (
+            team.models if team is not None and team.models is not None else tuple(self.gw.settings.models)
+        )
         created = int(time.time())
         return {
             "object": "list",
             "data": [
-                {"id": m, "object": "model", "created": created, "owned_by": self.gw.settings.models[m].provider}
+                {
+                    "id": m,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": self.gw.settings.models[m].provider,
+                }
                 for m in allowed
             ],
         }
@@ -106,7 +115,9 @@ class Router:
 
 
 def _method_not_allowed(method: str, path: str) -> ProxyError:
-    err = ProxyError(f"Invalid method for URL ({method} {path}): only POST is allowed.", code="method_not_allowed")
+    err = ProxyError(
+        f"Invalid method for URL ({method} {path}): only POST is allowed.", code="method_not_allowed"
+    )
     err.status = 405
     err.type = "invalid_request_error"
     return err

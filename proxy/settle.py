@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BudgetExceeded, ProxyError, RateLimited, StoreUnavailable
-from .limits import Limit, charges, go_duration, holds, limits_for, tag, window_bounds
+from .limits import Limit, charges, go_duration, holds, limits_for, tag
 from .settings import BudgetSettings, KeySettings, RateLimitSettings, Settings
-from .store.base import CounterValue, Denied, LedgerRecord, Lease, Store
+from .store.base import CounterValue, Denied, Lease, LedgerRecord, Store
 
 log = logging.getLogger("quotagate.settle")
 _NO_RATES = RateLimitSettings()
@@ -63,7 +63,7 @@ class Accountant:
         self._overrides: dict[str, tuple[BudgetSettings, ...]] = {}
         self._pending_usage: list[tuple[str, dict[str, int], dict[str, float]]] = []
         self._pending_settles: list[tuple[str, str, dict[str, int]]] = []
-        self._fractions: dict[str, tuple[float, dict[str, float]]] = {}
+        self._fractions: dict[str, tuple[float, list[tuple[BudgetSettings, float]]]] = {}
         self.tags: set[str] = {tag(t) for t in settings.teams}
 
     # ---- budgets in force -------------------------------------------------------------------------------
@@ -94,17 +94,23 @@ class Accountant:
             now,
         )
 
-    async def used_fractions(self, team: str, key_digest: str) -> dict[str, float]:
-        """Used share of each budget that has ``warn_at`` (by counter key), cached for a second."""
+    async def downgrade_fractions(self, team: str, key_digest: str) -> list[tuple[BudgetSettings, float]]:
+        """Used share of each budget that has ``downgrade_to``; cached for a second per team."""
         now = self._clock()
         hit = self._fractions.get(team)
         if hit is not None and hit[0] > now:
             return hit[1]
-        watched = [lim for lim in self.limits(team, key_digest, now) if lim.budget and lim.budget.warn_at]
+        watched = [
+            lim for lim in self.limits(team, key_digest, now) if lim.budget and lim.budget.downgrade_to
+        ]
         values = await self._store.counters([lim.key for lim in watched]) if watched else {}
-        fractions = {lim.key: (values.get(lim.key, CounterValue()).used / lim.limit) for lim in watched}
-        self._fractions[team] = (now + 1.0, fractions)
-        return fractions
+        out = [
+            (lim.budget, values.get(lim.key, CounterValue()).used / lim.limit)
+            for lim in watched
+            if lim.budget
+        ]
+        self._fractions[team] = (now + 1.0, out)
+        return out
 
     async def budget_status(self, team: str, key_digest: str = "") -> list[dict[str, Any]]:
         """Every budget of a team (and of one of its keys): limit, used, held, remaining, window end."""
@@ -132,14 +138,24 @@ class Accountant:
 
     # ---- reserve and settle -----------------------------------------------------------------------------
     async def reserve(
-        self, team: str, key_digest: str, model: str, worst_tokens: int, worst_micro_usd: int, meta: Mapping[str, Any]
+        self,
+        team: str,
+        key_digest: str,
+        model: str,
+        worst_tokens: int,
+        worst_micro_usd: int,
+        meta: Mapping[str, Any],
     ) -> Reservation | None:
         now = self._clock()
         lims = self.limits(team, key_digest, now)
         if not lims:
             return None
         lease = Lease(
-            uuid.uuid4().hex, tag(team), holds(lims, worst_tokens, worst_micro_usd), now + self._s.lease_seconds, meta
+            uuid.uuid4().hex,
+            tag(team),
+            holds(lims, worst_tokens, worst_micro_usd),
+            now + self._s.lease_seconds,
+            meta,
         )
         local = False
         try:
@@ -215,7 +231,10 @@ class Accountant:
         used, asked = d.used + d.reserved, d.hold.amount
         if lim.budget is not None:
             what = f"{lim.budget.usd} USD" if lim.unit == "usd" else f"{lim.limit} tokens"
-            amount = (lambda v: f"{v / 1e6:.6f} USD") if lim.unit == "usd" else (lambda v: f"{v} tokens")
+
+            def amount(v: int) -> str:
+                return f"{v / 1e6:.6f} USD" if lim.unit == "usd" else f"{v} tokens"
+
             return BudgetExceeded(
                 "You exceeded your current quota, please check your plan and billing details. "
                 f"The {lim.scope} budget of team '{team}' for this {lim.window} ({what}) cannot cover this "
@@ -292,6 +311,3 @@ def _reaped_record(lease: Lease) -> LedgerRecord:
         ttft_ms=None,
         error="lease expired unsettled (replica died?): charged the full reservation",
     )
-
-
-

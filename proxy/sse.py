@@ -62,7 +62,9 @@ class StreamTap:
         for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
             if not event:
                 continue
-            data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
+            data = b"\n".join(
+                line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+            )
             if data == b"[DONE]":
                 self.saw_done = True
             elif data:

@@ -6,7 +6,6 @@ against aiohttp's 3,300 through the same bare relay). One session and connection
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from urllib.parse import quote
 
@@ -91,7 +90,7 @@ class Upstream:
             return await self._session.post(
                 self.url(provider, endpoint, upstream_model), data=body, headers=headers
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout("The upstream provider did not answer in time.") from None
         except aiohttp.ClientError as e:
             raise UpstreamUnreachable(
