@@ -156,9 +156,7 @@ class Metrics:
             registry=r,
         )
         self.spend = Counter("quotagate_spend_usd", "Spend in US dollars.", ["team", "model"], registry=r)
-        self.requests = Counter(
-            "quotagate_requests", "Requests by outcome.", ["team", "model", "outcome"], registry=r
-        )
+        self.requests = Counter("quotagate_requests", "Requests by outcome.", ["team", "model", "outcome"], registry=r)
         self.parts = Counter(
             "quotagate_input_tokens_part",
             "Pre-counted input tokens by part of the prompt (system, tools, history, new).",

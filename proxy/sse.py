@@ -16,6 +16,9 @@ import orjson
 from .usage import Usage, from_openai
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
+# An event ends at a blank line; lines end in \n or \r\n (sse-starlette, used by many servers, sends \r\n).
+_BOUNDARY = re.compile(rb"(?:\r\n|\n)(?:\r\n|\n)")
+_LINE = re.compile(rb"\r\n|\n|\r")
 
 
 def _loads(payload: bytes) -> Any:
@@ -23,6 +26,11 @@ def _loads(payload: bytes) -> Any:
         return orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
+
+
+def _data_of(event: bytes) -> bytes:
+    """The joined ``data:`` lines of one event (without its terminating blank line)."""
+    return b"\n".join(line[5:].lstrip(b" ") for line in _LINE.split(event) if line.startswith(b"data:"))
 
 
 class StreamTap:
@@ -37,42 +45,52 @@ class StreamTap:
         self.saw_done = False
 
     def feed(self, chunk: bytes) -> bytes:
-        """Take bytes from upstream; return the bytes to send to the client now."""
+        """Take bytes from upstream; return the bytes to send to the client now.
+
+        Without stripping, ``chunk`` is returned as is (events are only read); with stripping, only whole
+        events are returned, byte for byte, minus the usage-only chunk.
+        """
         buf = self._buf + chunk
-        end = buf.rfind(b"\n\n")
+        end = -1
+        for m in _BOUNDARY.finditer(buf):
+            end = m.end()
         if end < 0:
             self._buf = buf
             return b"" if self._strip else chunk
-        complete, self._buf = buf[: end + 2], buf[end + 2 :]
-        if not self._strip:
-            self._scan(complete)
-            return chunk
-        return self._scan(complete)
+        complete, self._buf = buf[:end], buf[end:]
+        kept = self._scan(complete)
+        return kept if self._strip else chunk
 
     def finish(self) -> bytes:
-        """The stream ended; whatever is left (an unterminated event) is scanned and passed on."""
+        """The stream ended: the unterminated last event, if any, is read and (when stripping) passed on.
+
+        Without stripping its bytes were already returned by ``feed``, so nothing is returned here.
+        """
         rest, self._buf = self._buf, b""
-        if not rest:
-            return b""
-        kept = self._scan(rest + b"\n\n")
-        return kept[:-2] if kept.endswith(b"\n\n") and not rest.endswith(b"\n\n") else kept
+        if not rest.strip():
+            return rest if self._strip else b""
+        keep = self._event(rest)
+        return rest if self._strip and keep else b""
 
     def _scan(self, events: bytes) -> bytes:
         kept: list[bytes] = []
-        for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
-            if not event:
-                continue
-            data = b"\n".join(
-                line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
-            )
-            if data == b"[DONE]":
-                self.saw_done = True
-            elif data:
-                self._payloads.append(data)
-                if _USAGE.search(data) and self._take_usage(data):
-                    continue
-            kept.append(event + b"\n\n")
+        pos = 0
+        for m in _BOUNDARY.finditer(events):
+            if self._event(events[pos : m.start()]):
+                kept.append(events[pos : m.end()])
+            pos = m.end()
         return b"".join(kept)
+
+    def _event(self, event: bytes) -> bool:
+        """Read one event; False when it is the usage-only chunk to drop."""
+        data = _data_of(event)
+        if data == b"[DONE]":
+            self.saw_done = True
+        elif data:
+            self._payloads.append(data)
+            if _USAGE.search(data) and self._take_usage(data):
+                return False
+        return True
 
     def _take_usage(self, data: bytes) -> bool:
         """Record the usage in ``data``; True when the event is the usage-only chunk to strip."""

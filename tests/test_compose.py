@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -76,9 +76,7 @@ def test_every_bind_mount_exists_in_the_repo(compose: dict[str, Any]) -> None:
     assert checked >= 6
 
 
-def test_prometheus_scrapes_both_replicas_and_loads_the_rules(
-    compose: dict[str, Any], tmp_path: Path
-) -> None:
+def test_prometheus_scrapes_both_replicas_and_loads_the_rules(compose: dict[str, Any], tmp_path: Path) -> None:
     prom = mounts(compose["services"]["prometheus"])
     assert prom["/etc/prometheus/alerts.yml"] == "./dashboards/alerts.yml"
     assert prom["/etc/prometheus/prometheus.yml"] == "./dashboards/prometheus.yml"

@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import random
 import string
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -241,9 +242,7 @@ def test_render_passes_promtool_check_metrics(metrics: Metrics) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_metrics_refuses_multiproc_dir_set_after_import(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_metrics_refuses_multiproc_dir_set_after_import(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
     with pytest.raises(RuntimeError, match="prepare_multiprocess_dir"):
         Metrics(teams=TEAMS, models=MODELS, registry=CollectorRegistry())
@@ -264,8 +263,8 @@ def _render(out: str) -> None:
     Path(out).write_bytes(body)
 
 
-def _spawn(target: object, *args: object) -> None:
-    proc = multiprocessing.get_context("spawn").Process(target=target, args=args)  # type: ignore[attr-defined]
+def _spawn(target: Callable[..., None], *args: object) -> None:
+    proc = multiprocessing.get_context("spawn").Process(target=target, args=args)
     proc.start()
     proc.join(60)
     assert proc.exitcode == 0

@@ -21,6 +21,7 @@ import redis
 
 from proxy.errors import StoreUnavailable
 from proxy.store import (
+    Admitted,
     CounterValue,
     Denied,
     Hold,
@@ -87,9 +88,7 @@ async def store(backend: Backend) -> AsyncIterator[Store]:
         await s.close()
 
 
-def lease(
-    *holds: Hold, expires_in: float = 60.0, meta: dict[str, Any] | None = None, tag: str = TAG
-) -> Lease:
+def lease(*holds: Hold, expires_in: float = 60.0, meta: dict[str, Any] | None = None, tag: str = TAG) -> Lease:
     return Lease(
         id=uuid.uuid4().hex,
         hash_tag=tag,
@@ -117,7 +116,7 @@ async def test_reserve_is_all_or_nothing(store: Store) -> None:
     assert await store.counters([DAY, RPM]) == {DAY: CounterValue(0, 0), RPM: CounterValue(0, 0)}
 
     ok = lease(budget, hold(RPM, limit=10, amount=10))
-    assert await store.reserve(ok) is None
+    assert isinstance(await store.reserve(ok), Admitted)
     assert await store.counters([DAY, RPM]) == {DAY: CounterValue(0, 50), RPM: CounterValue(0, 10)}
     # the first hold that does not fit is reported, with the counter's state
     first, second = hold(DAY, limit=100, amount=51), hold(RPM, limit=10, amount=1)
@@ -126,9 +125,9 @@ async def test_reserve_is_all_or_nothing(store: Store) -> None:
 
 
 async def test_admission_boundary_is_exact(store: Store) -> None:
-    assert await store.reserve(lease(hold(amount=60))) is None
+    assert isinstance(await store.reserve(lease(hold(amount=60))), Admitted)
     assert await store.reserve(lease(hold(amount=41))) == Denied(hold(amount=41), used=0, reserved=60)
-    assert await store.reserve(lease(hold(amount=40))) is None  # used + reserved + amount == limit
+    assert isinstance(await store.reserve(lease(hold(amount=40))), Admitted)  # used + reserved + amount == limit
     assert await store.reserve(lease(hold(amount=1))) == Denied(hold(amount=1), used=0, reserved=100)
     assert await value(store, DAY) == CounterValue(0, 100)
 
@@ -141,25 +140,25 @@ async def test_two_holds_on_one_counter_are_admitted_together(store: Store) -> N
 
 async def test_unlimited_hold_is_tracked_never_refused(store: Store) -> None:
     big = hold(CONC, limit=-1, amount=10**15, window=0)
-    assert await store.reserve(lease(big)) is None
-    assert await store.reserve(lease(big)) is None
+    assert isinstance(await store.reserve(lease(big)), Admitted)
+    assert isinstance(await store.reserve(lease(big)), Admitted)
     assert await value(store, CONC) == CounterValue(0, 2 * 10**15)
 
 
 async def test_settle_charges_actual_and_releases_the_rest(store: Store) -> None:
     first = lease(hold(amount=80), hold(RPM, limit=5, amount=1, window=60))
-    assert await store.reserve(first) is None
-    assert await store.reserve(lease(hold(amount=71))) is not None
+    assert isinstance(await store.reserve(first), Admitted)
+    assert isinstance(await store.reserve(lease(hold(amount=71))), Denied)
     assert await store.settle(first.id, TAG, {DAY: 30, RPM: 1}) is True
     assert await store.counters([DAY, RPM]) == {DAY: CounterValue(30, 0), RPM: CounterValue(1, 0)}
-    assert await store.reserve(lease(hold(amount=71))) is not None
-    assert await store.reserve(lease(hold(amount=70))) is None  # the released 50 admits more
+    assert isinstance(await store.reserve(lease(hold(amount=71))), Denied)
+    assert isinstance(await store.reserve(lease(hold(amount=70))), Admitted)  # the released 50 admits more
     assert await value(store, DAY) == CounterValue(30, 70)
 
 
 async def test_settle_is_idempotent(store: Store) -> None:
     one = lease(hold(amount=40))
-    assert await store.reserve(one) is None
+    assert isinstance(await store.reserve(one), Admitted)
     assert await store.settle(one.id, TAG, {DAY: 25}) is True
     assert await store.settle(one.id, TAG, {DAY: 25}) is False
     assert await store.settle("never-reserved", TAG, {DAY: 25}) is False
@@ -168,21 +167,18 @@ async def test_settle_is_idempotent(store: Store) -> None:
 
 async def test_reserving_the_same_lease_twice_is_a_noop(store: Store) -> None:
     one = lease(hold(amount=40))
-    assert await store.reserve(one) is None
-    assert await store.reserve(one) is None
+    assert isinstance(await store.reserve(one), Admitted)
+    assert isinstance(await store.reserve(one), Admitted)
     assert await value(store, DAY) == CounterValue(0, 40)
 
 
 async def test_concurrent_reserves_admit_exactly_what_fits(store: Store) -> None:
     k, worst, actual = 37, 10, 7
-    leases = [
-        lease(hold(limit=k * worst, amount=worst), hold(CONC, limit=-1, amount=1, window=0))
-        for _ in range(200)
-    ]
+    leases = [lease(hold(limit=k * worst, amount=worst), hold(CONC, limit=-1, amount=1, window=0)) for _ in range(200)]
     results = await asyncio.gather(*(store.reserve(x) for x in leases))
-    admitted = [x for x, r in zip(leases, results, strict=True) if r is None]
+    admitted = [x for x, r in zip(leases, results, strict=True) if isinstance(r, Admitted)]
     assert len(admitted) == k
-    assert all(isinstance(r, Denied) and r.hold.key == DAY for r in results if r is not None)
+    assert all(isinstance(r, Denied) and r.hold.key == DAY for r in results if not isinstance(r, Admitted))
     v = await value(store, DAY)
     assert v.used + v.reserved <= k * worst
     assert v == CounterValue(0, k * worst)
@@ -199,21 +195,21 @@ async def test_concurrent_reserves_admit_exactly_what_fits(store: Store) -> None
 
 async def test_counter_expires_at_its_window_end(store: Store, clock: FakeClock) -> None:
     one = lease(hold(limit=100, amount=100, window=60))
-    assert await store.reserve(one) is None
+    assert isinstance(await store.reserve(one), Admitted)
     assert await store.settle(one.id, TAG, {DAY: 100}) is True
-    assert await store.reserve(lease(hold(limit=100, amount=1, window=60))) is not None
+    assert isinstance(await store.reserve(lease(hold(limit=100, amount=1, window=60))), Denied)
     clock.advance(59.9)
     assert await value(store, DAY) == CounterValue(100, 0)
     clock.advance(0.1)
     assert await value(store, DAY) == CounterValue(0, 0)
     fresh = Hold(DAY, limit=100, amount=100, expires_at=clock.now + 60)
-    assert await store.reserve(Lease("next-window", TAG, (fresh,), clock.now + 60)) is None
+    assert isinstance(await store.reserve(Lease("next-window", TAG, (fresh,), clock.now + 60)), Admitted)
     assert await value(store, DAY) == CounterValue(0, 100)
 
 
 async def test_settling_after_the_window_ended_charges_nothing(store: Store, clock: FakeClock) -> None:
     one = lease(hold(limit=100, amount=50, window=60), expires_in=3600)
-    assert await store.reserve(one) is None
+    assert isinstance(await store.reserve(one), Admitted)
     clock.advance(61)
     assert await store.settle(one.id, TAG, {DAY: 50}) is True
     assert await value(store, DAY) == CounterValue(0, 0)
@@ -225,7 +221,7 @@ async def test_reap_charges_expired_leases_in_full(store: Store, clock: FakeCloc
     live = lease(hold(amount=10), expires_in=300)
     other_team = lease(hold("{other}:b:day:cost", amount=5), expires_in=30, tag="{other}")
     for x in (stale, live, other_team):
-        assert await store.reserve(x) is None
+        assert isinstance(await store.reserve(x), Admitted)
     assert await store.reap(TAG, clock.now) == []
     clock.advance(31)
 
@@ -243,7 +239,7 @@ async def test_reap_charges_expired_leases_in_full(store: Store, clock: FakeCloc
 
 async def test_extend_prevents_reap(store: Store, clock: FakeClock) -> None:
     long = lease(hold(amount=40), expires_in=30)
-    assert await store.reserve(long) is None
+    assert isinstance(await store.reserve(long), Admitted)
     assert await store.extend(long.id, TAG, clock.now + 300) is True
     assert await store.extend("unknown", TAG, clock.now + 300) is False
     clock.advance(31)
@@ -258,7 +254,7 @@ async def test_add_usage_charges_unconditionally(store: Store, clock: FakeClock)
     await store.add_usage(TAG, {DAY: 70}, window)
     await store.add_usage(TAG, {DAY: 70}, window)
     assert await value(store, DAY) == CounterValue(140, 0)  # over the limit: it was already spent
-    assert await store.reserve(lease(hold(limit=150, amount=11))) is not None
+    assert isinstance(await store.reserve(lease(hold(limit=150, amount=11))), Denied)
     await store.add_usage(TAG, {RPM: 5}, {RPM: clock.now - 1})  # a window already over: ignored
     assert await value(store, RPM) == CounterValue(0, 0)
     clock.advance(60)
@@ -308,7 +304,7 @@ async def test_state_survives_reopen(backend: Backend, store: Store) -> None:
     await store.put_key(key)
     await store.set_override("search", [{"limit": 1}])
     open_lease = lease(hold(amount=30))
-    assert await store.reserve(open_lease) is None
+    assert isinstance(await store.reserve(open_lease), Admitted)
     await store.add_usage(TAG, {DAY: 5}, {DAY: T0 + 86_400})
     await store.write_ledger([record("r1", T0)])
     await store.close()
@@ -359,9 +355,7 @@ async def test_ledger_and_usage(store: Store) -> None:
     records = [
         record("old", T0 - 3600),
         record("a1", T0 + 5),
-        record(
-            "a2", T0 + 1, input_tokens=None, output_tokens=None, cached_input_tokens=None, cost_micro_usd=0
-        ),
+        record("a2", T0 + 1, input_tokens=None, output_tokens=None, cached_input_tokens=None, cost_micro_usd=0),
         record("a3", T0 + 3, model="gpt-4o-mini", reasoning_tokens=7, stream=False, estimated=True, seed=42),
         record(
             "b1",
@@ -452,14 +446,14 @@ async def test_redis_outage_then_recovery() -> None:
     await store.open()
     try:
         one = lease(hold(amount=40))
-        assert await store.reserve(one) is None
+        assert isinstance(await store.reserve(one), Admitted)
         server.stop()
         with pytest.raises(StoreUnavailable):
             await store.settle(one.id, TAG, {DAY: 10})
         with pytest.raises(StoreUnavailable):
             await store.write_ledger([record("r", T0)])
         server.start()  # same port, empty (nothing persisted): the pooled sockets are stale
-        assert await store.reserve(lease(hold(amount=40))) is None
+        assert isinstance(await store.reserve(lease(hold(amount=40))), Admitted)
         assert await value(store, DAY) == CounterValue(0, 40)
     finally:
         await store.close()
@@ -476,7 +470,7 @@ async def test_sqlite_locked_past_busy_timeout_is_unavailable(tmp_path: Path) ->
         with pytest.raises(StoreUnavailable, match="locked"):
             await store.reserve(lease(hold()))
         blocker.execute("ROLLBACK")
-        assert await store.reserve(lease(hold())) is None
+        assert isinstance(await store.reserve(lease(hold())), Admitted)
     finally:
         blocker.close()
         await store.close()
@@ -488,11 +482,11 @@ async def test_sqlite_locked_past_busy_timeout_is_unavailable(tmp_path: Path) ->
 async def test_redis_keys_share_the_lease_hash_tag(clean_redis: str) -> None:
     store = RedisStore(clean_redis, clock=FakeClock(1_000_000_000.0))  # a clock far in the past
     await store.open()
-    client = redis.Redis.from_url(clean_redis)
+    client = redis.Redis.from_url(clean_redis, decode_responses=True)
     try:
         one = Lease("L1", TAG, (Hold(DAY, 100, 10, 1_000_000_060.0),), 1_000_000_030.0)
-        assert await store.reserve(one) is None
-        keys = sorted(k.decode() for k in client.keys("*"))
+        assert isinstance(await store.reserve(one), Admitted)
+        keys = sorted(client.keys("*"))
         assert keys == [f"qg:c:{DAY}", "qg:{search}:l:L1", "qg:{search}:leases"]
         # GC TTL relative to the caller's clock: window (60 s) + grace, not "already past"
         assert 60_000 < client.pttl(f"qg:c:{DAY}") <= 120_000
@@ -521,39 +515,38 @@ def _mp_worker(url: str, attempts: int, limit: int, barrier: Any, results: Any) 
                 for _ in range(attempts)
             ]
             outcomes = await asyncio.gather(*(store.reserve(x) for x in leases))
-            return sum(1 for o in outcomes if o is None)
+            return sum(1 for o in outcomes if isinstance(o, Admitted))
         finally:
             await store.close()
 
-    results.put(asyncio.run(main()))
+    try:
+        results.put(asyncio.run(main()))
+    except BaseException as e:  # hand the failure to the parent instead of leaving it waiting
+        results.put(f"{type(e).__name__}: {e}")
+        raise
 
 
 def _run_processes(url: str, processes: int, attempts: int, k: int) -> int:
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(processes), ctx.Queue()
-    procs = [
-        ctx.Process(target=_mp_worker, args=(url, attempts, k * 10, barrier, results))
-        for _ in range(processes)
-    ]
+    procs = [ctx.Process(target=_mp_worker, args=(url, attempts, k * 10, barrier, results)) for _ in range(processes)]
     for p in procs:
         p.start()
     try:
-        admitted = sum(results.get(timeout=60) for _ in procs)
+        outcomes = [results.get(timeout=60) for _ in procs]
     finally:
         for p in procs:
             p.join(timeout=30)
+    failures = [o for o in outcomes if not isinstance(o, int)]
+    assert not failures, failures
     assert all(p.exitcode == 0 for p in procs)
-    return admitted
+    return sum(outcomes)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
-async def test_reserve_is_atomic_across_processes(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    url = (
-        f"sqlite:///{tmp_path / 'shared.db'}" if kind == "sqlite" else request.getfixturevalue("clean_redis")
-    )
+async def test_reserve_is_atomic_across_processes(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}" if kind == "sqlite" else request.getfixturevalue("clean_redis")
     if kind == "sqlite":  # create the schema once, so the workers race on reserves only
         init = open_store(url)
         await init.open()
@@ -567,3 +560,25 @@ async def test_reserve_is_atomic_across_processes(
         assert await value(store, "{mp}:tokens") == CounterValue(0, k * 10)
     finally:
         await store.close()
+
+
+async def test_admitted_reports_counters_after_the_reservation(store: Store) -> None:
+    first = await store.reserve(lease(hold(amount=30)))
+    assert isinstance(first, Admitted)
+    assert first.values[DAY] == CounterValue(used=0, reserved=30)
+    second = await store.reserve(lease(hold(amount=20)))
+    assert isinstance(second, Admitted)
+    assert second.values[DAY] == CounterValue(used=0, reserved=50)
+
+
+async def test_reap_releases_slots_without_committing_them(store: Store, clock: FakeClock) -> None:
+    slot = Hold("{search}:t:conc", 2, 1, 0.0, commit=False)
+    budget = hold(amount=40)
+    dead = Lease("dead-slot", TAG, (slot, budget), clock.now + 5)
+    assert isinstance(await store.reserve(dead), Admitted)
+    reaped = await store.reap(TAG, clock.now + 10)
+    assert [x.id for x in reaped] == ["dead-slot"]
+    assert reaped[0].holds[0].commit is False
+    values = await store.counters([slot.key, DAY])
+    assert values[slot.key] == CounterValue(used=0, reserved=0)  # the slot is free again, nothing committed
+    assert values[DAY] == CounterValue(used=40, reserved=0)  # the budget is charged in full

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 from proxy.store.base import (
+    Admitted,
     CounterValue,
     Denied,
     Hold,
@@ -26,6 +27,7 @@ from proxy.store.redis import RedisStore
 from proxy.store.sqlite import SqliteStore
 
 __all__ = [
+    "Admitted",
     "CounterValue",
     "Denied",
     "Hold",

@@ -6,10 +6,11 @@ open leases). The store knows nothing of teams, windows or money: the caller tur
 
 Flow (every implementation is atomic per call, across processes and replicas)::
 
-    reserve(lease)  -> all holds admitted (reserved += amount for each) or none (Denied, nothing changed)
+    reserve(lease)  -> all holds admitted (reserved += amount for each; Admitted) or none (Denied, no change)
     settle(id, ch)  -> for each hold: reserved -= amount; used += charges.get(key, 0); lease deleted
     extend(id, t)   -> lease lives until t (long streams)
-    reap(team, now) -> expired, unsettled leases are settled at their full amount and returned
+    reap(team, now) -> expired, unsettled leases are settled at their full amount (holds with commit=False
+                       are only released) and returned
                        so that the caller records them; never silently dropped
     add_usage(ch)   -> used += amount, unconditionally (reconciling what was admitted while the store was down)
 
@@ -37,6 +38,7 @@ class Hold:
     limit: int  # < 0: unlimited (tracked only)
     amount: int
     expires_at: float  # epoch seconds when the counter's window ends; 0 = never
+    commit: bool = True  # False: a slot (concurrency) that is only ever released, never committed, even by reap
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,15 @@ class CounterValue:
 
 
 @dataclass(frozen=True, slots=True)
+class Admitted:
+    """Every hold was admitted; ``values`` are the counters just after (for x-ratelimit-remaining-*).
+
+    A retried reserve of a lease that already exists admits nothing new and returns empty values."""
+
+    values: Mapping[str, CounterValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class KeyRecord:
     sha256: str  # hex digest of the key; the key itself is never stored
     team: str
@@ -83,9 +94,7 @@ class LedgerRecord:
     endpoint: str  # chat | completions | embeddings | responses
     stream: bool
     status: int  # HTTP status returned to the client (0 = client gone before any status)
-    outcome: (
-        str  # ok | budget_exceeded | rate_limited | context_rejected | upstream_error | client_cancelled |
-    )
+    outcome: str  # ok | budget_exceeded | rate_limited | context_rejected | upstream_error | client_cancelled |
     #               invalid_request | unauthorized | lease_expired | store_unavailable
     counted_input: int | None  # quotagate's own pre-count
     counted_output: int | None  # quotagate's count of the streamed/returned output
@@ -125,13 +134,11 @@ class Store(Protocol):
     async def ping(self) -> None: ...  # raises StoreUnavailable
 
     # counters and leases
-    async def reserve(self, lease: Lease) -> Denied | None: ...
+    async def reserve(self, lease: Lease) -> Denied | Admitted: ...
     async def settle(self, lease_id: str, hash_tag: str, charges: Mapping[str, int]) -> bool: ...
     async def extend(self, lease_id: str, hash_tag: str, expires_at: float) -> bool: ...
     async def reap(self, hash_tag: str, now: float) -> list[Lease]: ...
-    async def add_usage(
-        self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]
-    ) -> None: ...
+    async def add_usage(self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]) -> None: ...
     async def counters(self, keys: Sequence[str]) -> dict[str, CounterValue]: ...
 
     # API keys created at runtime (config keys live in settings)
@@ -147,6 +154,4 @@ class Store(Protocol):
     # ledger
     async def write_ledger(self, records: Sequence[LedgerRecord]) -> None: ...
     async def usage(self, since: float, team: str | None = None) -> list[UsageRow]: ...
-    async def ledger(
-        self, since: float, team: str | None = None, limit: int = 1000
-    ) -> list[LedgerRecord]: ...
+    async def ledger(self, since: float, team: str | None = None, limit: int = 1000) -> list[LedgerRecord]: ...

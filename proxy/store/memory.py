@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from proxy.store.base import CounterValue, Denied, KeyRecord, Lease, LedgerRecord, UsageRow
+from proxy.store.base import Admitted, CounterValue, Denied, Hold, KeyRecord, Lease, LedgerRecord, UsageRow
 
 _PURGE_EVERY = 60.0  # seconds of store clock between sweeps of expired counters
 
@@ -40,6 +40,14 @@ def usage_rows(records: Iterable[LedgerRecord]) -> list[UsageRow]:
         row[4] += r.reasoning_tokens or 0
         row[5] += r.cost_micro_usd
     return [UsageRow(team, model, *vals) for (team, model), vals in sorted(acc.items())]
+
+
+def full_charges(holds: Iterable[Hold]) -> dict[str, int]:
+    """What reap charges: every hold in full, except slots (commit=False), which are only released."""
+    out: dict[str, int] = {}
+    for h in holds:
+        out[h.key] = out.get(h.key, 0) + (h.amount if h.commit else 0)
+    return out
 
 
 def _first(reported: int | None, counted: int | None) -> int:
@@ -90,11 +98,11 @@ class MemoryStore:
         c.expires_at = expires_at
         return c
 
-    async def reserve(self, lease: Lease) -> Denied | None:
+    async def reserve(self, lease: Lease) -> Denied | Admitted:
         """Admit every hold or none. Reserving an existing lease id again is a no-op (safe to retry)."""
         now = self._clock()
         if (lease.hash_tag, lease.id) in self._leases:
-            return None
+            return Admitted()
         pending: dict[str, int] = {}  # two holds on one counter are admitted together
         for hold in lease.holds:
             c = self._live(hold.key, now) or _Counter()
@@ -102,10 +110,13 @@ class MemoryStore:
             if hold.limit >= 0 and c.used + c.reserved + ahead + hold.amount > hold.limit:
                 return Denied(hold=hold, used=c.used, reserved=c.reserved)
             pending[hold.key] = ahead + hold.amount
+        values: dict[str, CounterValue] = {}
         for hold in lease.holds:
-            self._touch(hold.key, hold.expires_at, now).reserved += hold.amount
+            c = self._touch(hold.key, hold.expires_at, now)
+            c.reserved += hold.amount
+            values[hold.key] = CounterValue(c.used, c.reserved)
         self._leases[(lease.hash_tag, lease.id)] = lease
-        return None
+        return Admitted(values)
 
     def _charge(self, lease: Lease, charges: Mapping[str, int], now: float) -> None:
         for hold in lease.holds:
@@ -131,12 +142,10 @@ class MemoryStore:
 
     async def reap(self, hash_tag: str, now: float) -> list[Lease]:
         clock_now = self._clock()
-        expired = [
-            lease for (tag, _), lease in self._leases.items() if tag == hash_tag and lease.expires_at <= now
-        ]
+        expired = [lease for (tag, _), lease in self._leases.items() if tag == hash_tag and lease.expires_at <= now]
         for lease in expired:
             del self._leases[(hash_tag, lease.id)]
-            self._charge(lease, {h.key: h.amount for h in lease.holds}, clock_now)
+            self._charge(lease, full_charges(lease.holds), clock_now)
         self._purge(clock_now)
         return expired
 
@@ -147,9 +156,7 @@ class MemoryStore:
         for key in [k for k, c in self._counters.items() if is_expired(c.expires_at, now)]:
             del self._counters[key]
 
-    async def add_usage(
-        self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]
-    ) -> None:
+    async def add_usage(self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]) -> None:
         now = self._clock()
         for key, amount in charges.items():
             exp = expires_at.get(key, 0.0)
@@ -200,10 +207,6 @@ class MemoryStore:
         return usage_rows(r for r in self._ledger if r.ts >= since and (team is None or r.team == team))
 
     async def ledger(self, since: float, team: str | None = None, limit: int = 1000) -> list[LedgerRecord]:
-        hits = [
-            (r.ts, i, r)
-            for i, r in enumerate(self._ledger)
-            if r.ts >= since and (team is None or r.team == team)
-        ]
+        hits = [(r.ts, i, r) for i, r in enumerate(self._ledger) if r.ts >= since and (team is None or r.team == team)]
         hits.sort(key=lambda t: (t[0], t[1]), reverse=True)
         return [r for _, _, r in hits[:limit]]

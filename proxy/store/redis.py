@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from proxy.errors import StoreUnavailable
-from proxy.store.base import CounterValue, Denied, Hold, KeyRecord, Lease, LedgerRecord, UsageRow
+from proxy.store.base import Admitted, CounterValue, Denied, Hold, KeyRecord, Lease, LedgerRecord, UsageRow
 from proxy.store.memory import is_expired, usage_rows
 
 GRACE_MS = 60_000  # counter TTL beyond its window end (clock skew between replicas)
@@ -88,7 +88,7 @@ class RedisStore:
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError) as e:
+        except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, rexc.OutOfMemoryError) as e:
             raise StoreUnavailable(f"Redis store at {self._where} unavailable: {e}") from e
 
     @property
@@ -133,16 +133,20 @@ class RedisStore:
 
     # counters and leases
 
-    async def reserve(self, lease: Lease) -> Denied | None:
+    async def reserve(self, lease: Lease) -> Denied | Admitted:
         """Admit every hold or none. Reserving an existing lease id again is a no-op (safe to retry)."""
         tag = lease.hash_tag
         doc = {
             "id": lease.id,
             "hash_tag": tag,
-            "holds": [[h.key, h.limit, h.amount, h.expires_at] for h in lease.holds],
+            "holds": [[h.key, h.limit, h.amount, h.expires_at, h.commit] for h in lease.holds],
             "meta": dict(lease.meta),
         }
-        lua_holds = [[counter_key(h.key), str(h.amount), str(_ms(h.expires_at))] for h in lease.holds]
+        # [counter key, amount to release, window end ms, amount reap commits (0 for slots)]
+        lua_holds = [
+            [counter_key(h.key), str(h.amount), str(_ms(h.expires_at)), str(h.amount if h.commit else 0)]
+            for h in lease.holds
+        ]
         args: list[str | int | bytes] = [
             _ms(self._clock()),
             _ms(lease.expires_at),
@@ -157,7 +161,9 @@ class RedisStore:
         keys = [f"qg:{tag}:l:{lease.id}", f"qg:{tag}:leases", *(counter_key(h.key) for h in lease.holds)]
         result = await self._script("reserve_v1", keys, args)
         if int(result[0]) == 0:
-            return None
+            flat = [int(x) for x in result[1:]]
+            return Admitted({h.key: CounterValue(flat[2 * i], flat[2 * i + 1]) for i, h in enumerate(lease.holds)}
+                            if len(flat) == 2 * len(lease.holds) else {})
         _, index, used, reserved = (int(x) for x in result)
         return Denied(hold=lease.holds[index - 1], used=used, reserved=reserved)
 
@@ -189,9 +195,7 @@ class RedisStore:
             if len(flat) < 2 * REAP_BATCH:
                 return reaped
 
-    async def add_usage(
-        self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]
-    ) -> None:
+    async def add_usage(self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]) -> None:
         if not charges:
             return
         args: list[str | int | bytes] = [_ms(self._clock()), GRACE_MS]
@@ -302,7 +306,7 @@ def _lease(doc: bytes, expires_at: bytes) -> Lease:
     return Lease(
         id=d["id"],
         hash_tag=d["hash_tag"],
-        holds=tuple(Hold(k, limit, amount, exp) for k, limit, amount, exp in d["holds"]),
+        holds=tuple(Hold(*h) for h in d["holds"]),
         expires_at=float(expires_at),
         meta=d["meta"],
     )
@@ -310,9 +314,7 @@ def _lease(doc: bytes, expires_at: bytes) -> Lease:
 
 def _key_record(sha256: str, raw: bytes) -> KeyRecord:
     d = orjson.loads(raw)
-    return KeyRecord(
-        sha256=sha256, team=d["team"], name=d["name"], created_at=d["created_at"], revoked=d["revoked"]
-    )
+    return KeyRecord(sha256=sha256, team=d["team"], name=d["name"], created_at=d["created_at"], revoked=d["revoked"])
 
 
 def _ledger_record(fields: Mapping[bytes, bytes]) -> LedgerRecord:

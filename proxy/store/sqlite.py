@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import orjson
 
 from proxy.errors import StoreUnavailable
-from proxy.store.base import CounterValue, Denied, Hold, KeyRecord, Lease, LedgerRecord, UsageRow
-from proxy.store.memory import is_expired
+from proxy.store.base import Admitted, CounterValue, Denied, Hold, KeyRecord, Lease, LedgerRecord, UsageRow
+from proxy.store.memory import full_charges, is_expired
 
 SCHEMA_VERSION = 1
 _PURGE_EVERY = 60.0
@@ -65,9 +65,7 @@ FROM ledger WHERE ts >= ? {team} GROUP BY team, model ORDER BY team, model
 
 
 class SqliteStore:
-    def __init__(
-        self, path: str | Path, *, clock: Callable[[], float] = time.time, busy_timeout: float = 5.0
-    ) -> None:
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time, busy_timeout: float = 5.0) -> None:
         self._path = Path(path)
         self._clock = clock
         self._busy_timeout = busy_timeout
@@ -96,7 +94,7 @@ class SqliteStore:
     def _tx(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(con, *args)`` in one write transaction that holds the lock from its first read."""
         con = self._db()
-        con.execute("BEGIN")
+        con.execute("BEGIN IMMEDIATE")
         try:
             result = fn(con, *args)
             con.execute("COMMIT")
@@ -124,9 +122,7 @@ class SqliteStore:
 
     def _connect(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(
-            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        con = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
         try:
             con.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             con.execute("PRAGMA journal_mode = WAL")
@@ -157,7 +153,7 @@ class SqliteStore:
 
     # counters and leases
 
-    async def reserve(self, lease: Lease) -> Denied | None:
+    async def reserve(self, lease: Lease) -> Denied | Admitted:
         """Admit every hold or none. Reserving an existing lease id again is a no-op (safe to retry)."""
         return await self._write(_reserve, lease, self._clock())
 
@@ -174,9 +170,7 @@ class SqliteStore:
             self._last_purge = clock_now
         return await self._write(_reap, hash_tag, now, clock_now, purge)
 
-    async def add_usage(
-        self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]
-    ) -> None:
+    async def add_usage(self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]) -> None:
         await self._write(_add_usage, dict(charges), dict(expires_at), self._clock())
 
     async def counters(self, keys: Sequence[str]) -> dict[str, CounterValue]:
@@ -202,16 +196,12 @@ class SqliteStore:
 
     async def revoke_key(self, sha256: str) -> bool:
         return await self._write(
-            lambda con: (
-                con.execute("UPDATE api_keys SET revoked = 1 WHERE sha256 = ?", (sha256,)).rowcount > 0
-            )
+            lambda con: con.execute("UPDATE api_keys SET revoked = 1 WHERE sha256 = ?", (sha256,)).rowcount > 0
         )
 
     async def list_keys(self, team: str | None = None) -> list[KeyRecord]:
         where, params = ("WHERE team = ?", (team,)) if team is not None else ("", ())
-        rows = await self._run(
-            self._select, f"SELECT * FROM api_keys {where} ORDER BY team, name, sha256", params
-        )
+        rows = await self._run(self._select, f"SELECT * FROM api_keys {where} ORDER BY team, name, sha256", params)
         return [_key_record(r) for r in rows]
 
     def _select(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -221,9 +211,7 @@ class SqliteStore:
 
     async def set_override(self, team: str, budgets: list[dict[str, Any]]) -> None:
         blob = orjson.dumps(budgets).decode()
-        await self._write(
-            lambda con: con.execute("INSERT OR REPLACE INTO overrides VALUES (?, ?)", (team, blob))
-        )
+        await self._write(lambda con: con.execute("INSERT OR REPLACE INTO overrides VALUES (?, ?)", (team, blob)))
 
     async def get_overrides(self) -> dict[str, list[dict[str, Any]]]:
         rows = await self._run(self._select, "SELECT team, budgets FROM overrides ORDER BY team", ())
@@ -264,9 +252,7 @@ def _create_schema(con: sqlite3.Connection) -> None:
     if row[0] is None:
         con.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
     elif row[0] > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"SQLite store schema version {row[0]} is newer than this quotagate ({SCHEMA_VERSION})"
-        )
+        raise RuntimeError(f"SQLite store schema version {row[0]} is newer than this quotagate ({SCHEMA_VERSION})")
 
 
 def _live(con: sqlite3.Connection, key: str, now: float) -> tuple[int, int]:
@@ -280,10 +266,10 @@ def _put(con: sqlite3.Connection, key: str, used: int, reserved: int, expires_at
     con.execute("INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?)", (key, used, reserved, expires_at))
 
 
-def _reserve(con: sqlite3.Connection, lease: Lease, now: float) -> Denied | None:
+def _reserve(con: sqlite3.Connection, lease: Lease, now: float) -> Denied | Admitted:
     exists = con.execute("SELECT 1 FROM leases WHERE hash_tag = ? AND id = ?", (lease.hash_tag, lease.id))
     if exists.fetchone() is not None:
-        return None
+        return Admitted()
     state: dict[str, tuple[int, int]] = {}
     pending: dict[str, int] = {}
     for hold in lease.holds:
@@ -292,10 +278,12 @@ def _reserve(con: sqlite3.Connection, lease: Lease, now: float) -> Denied | None
         if hold.limit >= 0 and used + reserved + ahead + hold.amount > hold.limit:
             return Denied(hold=hold, used=used, reserved=reserved)
         pending[hold.key] = ahead + hold.amount
+    values: dict[str, CounterValue] = {}
     for hold in lease.holds:
         used, reserved = _live(con, hold.key, now)
         _put(con, hold.key, used, reserved + hold.amount, hold.expires_at)
-    holds = [[h.key, h.limit, h.amount, h.expires_at] for h in lease.holds]
+        values[hold.key] = CounterValue(used, reserved + hold.amount)
+    holds = [[h.key, h.limit, h.amount, h.expires_at, h.commit] for h in lease.holds]
     con.execute(
         "INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
         (
@@ -306,7 +294,7 @@ def _reserve(con: sqlite3.Connection, lease: Lease, now: float) -> Denied | None
             orjson.dumps(dict(lease.meta)).decode(),
         ),
     )
-    return None
+    return Admitted(values)
 
 
 def _charge(con: sqlite3.Connection, holds: Sequence[Hold], charges: Mapping[str, int], now: float) -> None:
@@ -322,7 +310,7 @@ def _load_lease(row: tuple[Any, ...]) -> Lease:
     return Lease(
         id=lease_id,
         hash_tag=hash_tag,
-        holds=tuple(Hold(k, limit, amount, exp) for k, limit, amount, exp in orjson.loads(holds)),
+        holds=tuple(Hold(*h) for h in orjson.loads(holds)),
         expires_at=expires_at,
         meta=orjson.loads(meta),
     )
@@ -336,9 +324,7 @@ def _take_lease(con: sqlite3.Connection, lease_id: str, hash_tag: str) -> Lease 
     return _load_lease(row)
 
 
-def _settle(
-    con: sqlite3.Connection, lease_id: str, hash_tag: str, charges: dict[str, int], now: float
-) -> bool:
+def _settle(con: sqlite3.Connection, lease_id: str, hash_tag: str, charges: dict[str, int], now: float) -> bool:
     lease = _take_lease(con, lease_id, hash_tag)
     if lease is None:
         return False
@@ -360,15 +346,13 @@ def _reap(con: sqlite3.Connection, hash_tag: str, now: float, clock_now: float, 
     leases = [_load_lease(row) for row in rows]
     for lease in leases:
         con.execute("DELETE FROM leases WHERE hash_tag = ? AND id = ?", (hash_tag, lease.id))
-        _charge(con, lease.holds, {h.key: h.amount for h in lease.holds}, clock_now)
+        _charge(con, lease.holds, full_charges(lease.holds), clock_now)
     if purge:
         con.execute("DELETE FROM counters WHERE expires_at > 0 AND expires_at <= ?", (clock_now,))
     return leases
 
 
-def _add_usage(
-    con: sqlite3.Connection, charges: dict[str, int], expires_at: dict[str, float], now: float
-) -> None:
+def _add_usage(con: sqlite3.Connection, charges: dict[str, int], expires_at: dict[str, float], now: float) -> None:
     for key, amount in charges.items():
         exp = expires_at.get(key, 0.0)
         if not is_expired(exp, now):

@@ -15,7 +15,10 @@
 local now = tonumber(ARGV[2])
 local grace = tonumber(ARGV[4])
 
-local function charge(k, amount, exp)
+-- amount: what the lease held (released); commit: what is charged (= amount, or 0 for slots; absent in
+-- leases written before the field existed, which then commit their amount)
+local function charge(k, amount, exp, commit)
+  commit = commit or amount
   local e = tonumber(exp)
   if e > 0 and now >= e then
     return
@@ -24,9 +27,9 @@ local function charge(k, amount, exp)
   local cur = tonumber(v[2]) or 0
   if not v[1] or (cur > 0 and now >= cur) then
     redis.call('DEL', k)
-    redis.call('HSET', k, 'used', amount, 'reserved', 0, 'exp', exp)
+    redis.call('HSET', k, 'used', commit, 'reserved', 0, 'exp', exp)
   elseif tonumber(amount) > 0 then
-    redis.call('HINCRBY', k, 'used', amount)
+    redis.call('HINCRBY', k, 'used', commit)
     local r = redis.call('HINCRBY', k, 'reserved', string.format('%.0f', -tonumber(amount)))
     if r < 0 then
       redis.call('HSET', k, 'reserved', 0)
@@ -46,7 +49,7 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   if v[1] then
     for _, hold in ipairs(cjson.decode(v[2])) do
-      charge(hold[1], hold[2], hold[3])
+      charge(hold[1], hold[2], hold[3], hold[4])
     end
     redis.call('DEL', lk)
     out[#out + 1] = v[1]

@@ -7,12 +7,14 @@
 -- ARGV[2]      lease expiry, ms
 -- ARGV[3]      lease id
 -- ARGV[4]      lease JSON (opaque here, returned by reap)
--- ARGV[5]      holds JSON for settle/reap: [[counter redis key, amount, window end ms], ...] (strings)
+-- ARGV[5]      holds JSON for settle/reap: [[counter redis key, amount, window end ms, reap commit], ...]
+--              (strings; reap commit is 0 for slots that are only ever released)
 -- ARGV[6]      lease expiry as the caller's float (opaque)
 -- ARGV[7]      counter GC grace, ms
 -- ARGV[8..]    per hold, in KEYS order: limit (< 0 = unlimited), amount, window end ms
 --
--- Returns {0} when admitted (or when the lease already exists: a retried reserve is a no-op),
+-- Returns {0, used1, reserved1, used2, reserved2, ...} when admitted: each hold's counter just after
+-- (just {0} when the lease already exists: a retried reserve is a no-op),
 -- {1, i, used, reserved} when hold i (1-based) does not fit; nothing is written then.
 --
 -- A counter past its window end reads as zero and is restarted by the next write. The Redis TTL is
@@ -52,6 +54,7 @@ for i = 1, n do
   pending[k] = ahead + amount
 end
 
+local after = {0}
 for i = 1, n do
   local k = KEYS[i + 2]
   local base = 8 + (i - 1) * 3
@@ -71,8 +74,11 @@ for i = 1, n do
   else
     redis.call('PERSIST', k)
   end
+  local v = redis.call('HMGET', k, 'used', 'reserved')
+  after[#after + 1] = tonumber(v[1]) or 0
+  after[#after + 1] = tonumber(v[2]) or 0
 end
 
 redis.call('HSET', KEYS[1], 'd', ARGV[4], 'h', ARGV[5], 'e', ARGV[2], 'x', ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return {0}
+return after
