@@ -62,7 +62,7 @@ class Limit:
 
     def hold(self, amount: int) -> Hold:
         expires = 0.0 if self.window is None else self.window_end + _RETAIN
-        return Hold(self.key, self.limit, amount, expires)
+        return Hold(self.key, self.limit, amount, expires, commit=self.unit != "concurrent")
 
 
 def tag(team: str) -> str:

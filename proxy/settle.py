@@ -29,7 +29,7 @@ from typing import Any
 from .errors import BudgetExceeded, ProxyError, RateLimited, StoreUnavailable
 from .limits import Limit, charges, go_duration, holds, limits_for, tag
 from .settings import BudgetSettings, KeySettings, RateLimitSettings, Settings
-from .store.base import CounterValue, Denied, Lease, LedgerRecord, Store
+from .store.base import Admitted, CounterValue, Denied, Lease, LedgerRecord, Store
 
 log = logging.getLogger("quotagate.settle")
 _NO_RATES = RateLimitSettings()
@@ -268,10 +268,10 @@ class Accountant:
         )
 
     def _headers(
-        self, lims: list[Limit], admitted: Any, now: float, *, denied: Denied | None = None
+        self, lims: list[Limit], admitted: Admitted | None, now: float, *, denied: Denied | None = None
     ) -> dict[str, str]:
         """OpenAI's x-ratelimit-* headers for the team's per-minute limits, from the reserve's answer."""
-        values: Mapping[str, CounterValue] = getattr(admitted, "values", None) or {}
+        values: Mapping[str, CounterValue] = admitted.values if admitted is not None else {}
         out: dict[str, str] = {}
         for lim in lims:
             if lim.scope != "team" or lim.window != "minute" or lim.budget is not None:
