@@ -151,11 +151,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        print(
-            "  ".join(
-                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
+        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     if not rows:
         print("(no requests in this period)")
     return 0
@@ -212,9 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mock-upstream", help="an OpenAI-compatible mock server for demos, tests, benchmarks")
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--port", type=int, default=9000)
-    m.add_argument(
-        "--ttft-per-1k", type=float, default=0.0, help="seconds of time-to-first-token per 1K input tokens"
-    )
+    m.add_argument("--ttft-per-1k", type=float, default=0.0, help="seconds of time-to-first-token per 1K input tokens")
     m.add_argument("--base-ttft", type=float, default=0.0)
     m.add_argument("--tpot", type=float, default=0.0, help="seconds per output token")
     m.add_argument("--output-tokens", type=int, default=16)

@@ -64,9 +64,7 @@ async def usage_payload(gw: Gateway, team: str, *, since: float) -> dict[str, An
         ],
         "budgets": await gw.accountant.budget_status(team),
         "keys": {
-            k.display_name: [
-                b for b in await gw.accountant.budget_status(team, k.digest) if b["scope"] == "key"
-            ]
+            k.display_name: [b for b in await gw.accountant.budget_status(team, k.digest) if b["scope"] == "key"]
             for k in keys
             if k.budgets
         },
@@ -109,9 +107,7 @@ def admin_app(gw: Gateway) -> FastAPI:
         team_or_404(team)
         return {
             "team": team,
-            "budgets": [
-                b.model_dump(mode="json", exclude_none=True) for b in gw.accountant.team_budgets(team)
-            ],
+            "budgets": [b.model_dump(mode="json", exclude_none=True) for b in gw.accountant.team_budgets(team)],
             "status": await gw.accountant.budget_status(team),
         }
 
@@ -151,9 +147,7 @@ def admin_app(gw: Gateway) -> FastAPI:
     @app.delete("/admin/keys/{sha256}", dependencies=[Depends(guard)])
     async def revoke_key(sha256: str) -> dict[str, Any]:
         if not await gw.store.revoke_key(sha256):
-            raise NotFound(
-                "No such runtime key (config keys are revoked by editing the config).", code="key_not_found"
-            )
+            raise NotFound("No such runtime key (config keys are revoked by editing the config).", code="key_not_found")
         gw.keyring.forget(sha256)
         return {"sha256": sha256, "revoked": True}
 

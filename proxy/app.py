@@ -94,9 +94,7 @@ class Gateway:
                     for b in await self.accountant.budget_status(team):
                         if b["scope"] == "team":
                             scale = 1e6 if b["unit"] == "usd" else 1
-                            self.metrics.set_budget(
-                                team, b["window"], b["unit"], b["limit"] / scale, b["used"] / scale
-                            )
+                            self.metrics.set_budget(team, b["window"], b["unit"], b["limit"] / scale, b["used"] / scale)
             await asyncio.sleep(5)
 
 

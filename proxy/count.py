@@ -486,9 +486,7 @@ class _LRU:
 
     def stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(
-                self.hits, self.misses, len(self._data), self.size, self.evictions, self.encoded_chars
-            )
+            return CacheStats(self.hits, self.misses, len(self._data), self.size, self.evictions, self.encoded_chars)
 
 
 class _Slot:
@@ -507,8 +505,7 @@ def _buckets_for(roles: list[str | None]) -> list[str]:
     """system for system/developer; new from the latest user turn on (all of it when there is none)."""
     last_user = max((i for i, role in enumerate(roles) if role == "user"), default=0)
     return [
-        "system" if role in _SYSTEM_ROLES else ("new" if i >= last_user else "history")
-        for i, role in enumerate(roles)
+        "system" if role in _SYSTEM_ROLES else ("new" if i >= last_user else "history") for i, role in enumerate(roles)
     ]
 
 
@@ -529,9 +526,7 @@ class Counter:
 
     # -- public, sync ------------------------------------------------------------------------------
 
-    def chat(
-        self, messages: list[Any], tools: list[Any] | None, *, model: str, encoding: str | None
-    ) -> Estimate:
+    def chat(self, messages: list[Any], tools: list[Any] | None, *, model: str, encoding: str | None) -> Estimate:
         ctx, slots = self._plan_chat(messages, tools, model, encoding)
         return self._finish(ctx, slots)
 
@@ -634,10 +629,7 @@ class Counter:
     ) -> tuple[_Ctx, list[_Slot]]:
         ctx = self._ctx(model, encoding)
         buckets = _buckets_for([_role(m) for m in messages])
-        slots = [
-            self._slot(ctx, bucket, "j", m, _count_message)
-            for bucket, m in zip(buckets, messages, strict=True)
-        ]
+        slots = [self._slot(ctx, bucket, "j", m, _count_message) for bucket, m in zip(buckets, messages, strict=True)]
         if tools:
             slots.append(self._slot(ctx, "tools", "f", tools, _count_tools))
         self._cache.lookup(slots)

@@ -87,9 +87,7 @@ def limits_for(
     ):
         for b in budgets:
             wid, _, end = window_bounds(b.window, now)
-            out.append(
-                Limit(f"{prefix}:b:{b.window}:{b.unit}:{wid}", b.limit, b.unit, b.window, end, scope, b)
-            )
+            out.append(Limit(f"{prefix}:b:{b.window}:{b.unit}:{wid}", b.limit, b.unit, b.window, end, scope, b))
         if rates.tpm or rates.rpm:
             wid, _, end = window_bounds("minute", now)
             if rates.tpm:
@@ -115,10 +113,7 @@ def amount_for(unit: Unit, tokens: int, micro_usd: int) -> int:
 
 def charges(limits: Iterable[Limit], tokens: int, micro_usd: int) -> dict[str, int]:
     """What each counter is charged at settlement; in-flight slots are released, never committed."""
-    return {
-        lim.key: (0 if lim.unit == "concurrent" else amount_for(lim.unit, tokens, micro_usd))
-        for lim in limits
-    }
+    return {lim.key: (0 if lim.unit == "concurrent" else amount_for(lim.unit, tokens, micro_usd)) for lim in limits}
 
 
 def go_duration(seconds: float) -> str:

@@ -65,9 +65,7 @@ class Controls:
 
 NO_CONTROLS = Controls()
 ERROR_SHAPES = frozenset({"openai", "vllm", "sglang", "anthropic", "text"})
-_INTS = frozenset(
-    {"status", "cut_after", "error_after", "output_tokens", "cached_tokens", "reasoning_tokens"}
-)
+_INTS = frozenset({"status", "cut_after", "error_after", "output_tokens", "cached_tokens", "reasoning_tokens"})
 _FLOATS = frozenset({"delay_s", "tpot_s"})
 _HEADER_PREFIX = "x-mock-"
 DEFAULT_EMBEDDING_DIMS = 8
@@ -302,9 +300,7 @@ def injected_error(status: int, shape: str) -> web.Response:
     if shape == "text":
         return web.Response(text=message, status=status, content_type="text/plain")
     if shape == "vllm":
-        body: Any = {
-            "error": {"message": message, "type": _phrase_type(status), "param": None, "code": status}
-        }
+        body: Any = {"error": {"message": message, "type": _phrase_type(status), "param": None, "code": status}}
     elif shape == "sglang":
         body = {
             "object": "error",
@@ -379,9 +375,7 @@ def parse_controls(body_mock: Any, headers: Mapping[str, str]) -> Controls:
             values[name] = value is True or (isinstance(value, str) and value.lower() in ("1", "true", "yes"))
         elif name == "error_shape":
             if value not in ERROR_SHAPES:
-                raise _BadRequest(
-                    f"mock.error_shape must be one of {sorted(ERROR_SHAPES)}", "mock.error_shape"
-                )
+                raise _BadRequest(f"mock.error_shape must be one of {sorted(ERROR_SHAPES)}", "mock.error_shape")
             values[name] = value
         else:
             raise _BadRequest(f"unknown mock control {name!r}", f"mock.{name}")
@@ -439,9 +433,7 @@ async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if denied is not None:
             return denied
     if not parsed_ok or not isinstance(body, dict):
-        return _json(
-            _openai_error("We could not parse the JSON body of your request.", "invalid_request_error"), 400
-        )
+        return _json(_openai_error("We could not parse the JSON body of your request.", "invalid_request_error"), 400)
     try:
         controls = parse_controls(body.get("mock"), request.headers)
     except _BadRequest as exc:
@@ -541,9 +533,7 @@ def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
     stream = body.get("stream") is True
     options = body.get("stream_options")
     if options is not None and not stream:
-        raise _BadRequest(
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options"
-        )
+        raise _BadRequest("The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options")
     return stream, isinstance(options, dict) and options.get("include_usage") is True
 
 
@@ -606,9 +596,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         head["usage"] = None
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _data(
-            {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        )
+        return _data({**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
     if plan.tool_call is not None:
         first: dict[str, Any] = {
@@ -631,9 +619,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if with_usage:
         closing.append(_data({**head, "choices": [], "usage": _chat_usage(plan)}))
     closing.append(_DONE)
-    return await _stream(
-        request, ctl, ttft, tpot, [chunk(first)], content, closing, lambda n: _data(_stream_error(n))
-    )
+    return await _stream(request, ctl, ttft, tpot, [chunk(first)], content, closing, lambda n: _data(_stream_error(n)))
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -668,9 +654,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         head["usage"] = None
 
     def chunk(text: str, finish: str | None = None) -> bytes:
-        return _data(
-            {**head, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
-        )
+        return _data({**head, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]})
 
     closing = [chunk("", plan.finish)]
     if with_usage:

@@ -27,9 +27,7 @@ class Endpoint:
 
 
 CHAT = Endpoint("chat", "/chat/completions", "chat", ("max_completion_tokens", "max_tokens"), "messages")
-COMPLETIONS = Endpoint(
-    "completions", "/completions", "text_completion", ("max_tokens",), "prompt", default_cap=16
-)
+COMPLETIONS = Endpoint("completions", "/completions", "text_completion", ("max_tokens",), "prompt", default_cap=16)
 EMBEDDINGS = Endpoint("embeddings", "/embeddings", "embeddings", (), "input", has_output=False)
 RESPONSES = Endpoint("responses", "/responses", "responses", ("max_output_tokens",), "input")
 
@@ -83,9 +81,7 @@ def parse(endpoint: Endpoint, raw: bytes) -> ParsedRequest:
         raise InvalidRequest("you must provide a model parameter", param="model")
     prompt = body.get(endpoint.prompt_field)
     if prompt is None:
-        raise InvalidRequest(
-            f"Missing required parameter: '{endpoint.prompt_field}'.", param=endpoint.prompt_field
-        )
+        raise InvalidRequest(f"Missing required parameter: '{endpoint.prompt_field}'.", param=endpoint.prompt_field)
     if endpoint is CHAT and (not isinstance(prompt, list) or not prompt):
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
     if endpoint is CHAT and not all(isinstance(m, dict) for m in prompt):

@@ -136,7 +136,7 @@ class Pipeline:
             self._finish(trace, None, None)
             return
         try:
-            await self._forward(scope, receive, send, trace, req, model, extra)
+            await self._forward(scope, receive, send, trace, req, model, extra, res)
         finally:
             self._finish(trace, res, price)
 
@@ -245,9 +245,7 @@ class Pipeline:
         name = model.upstream_model or req.model
         b = req.body
         if req.endpoint is CHAT:
-            return await self.counter.achat(
-                b["messages"], b.get("tools"), model=name, encoding=model.encoding
-            )
+            return await self.counter.achat(b["messages"], b.get("tools"), model=name, encoding=model.encoding)
         if req.endpoint is RESPONSES:
             instructions = b.get("instructions")
             return await self.counter.aresponses(
@@ -275,6 +273,7 @@ class Pipeline:
         req: ParsedRequest,
         model: ModelSettings,
         extra: dict[str, str],
+        res: Reservation | None,
     ) -> None:
         provider = self.s.providers[model.provider]
         t_up = time.perf_counter()
@@ -301,7 +300,7 @@ class Pipeline:
                 return
             ctype = resp.headers.get("content-type", "")
             if req.stream and ctype.startswith("text/event-stream"):
-                await self._relay_stream(receive, send, trace, req, resp, extra, t_up)
+                await self._relay_stream(receive, send, trace, req, resp, extra, t_up, res)
             else:
                 raw = await resp.read()
                 trace.upstream_s += time.perf_counter() - t_up
@@ -333,6 +332,7 @@ class Pipeline:
         resp: aiohttp.ClientResponse,
         extra: dict[str, str],
         t_up: float,
+        res: Reservation | None,
     ) -> None:
         tap = StreamTap(strip_usage_chunk=req.endpoint in (CHAT, COMPLETIONS) and not req.wants_usage)
         headers = _relayed(resp)
@@ -363,9 +363,13 @@ class Pipeline:
 
         watcher = asyncio.create_task(watch())
         try:
+            renew = self.accountant.renew_at(res)
             async for chunk in resp.content.iter_any():
                 if trace.ttft is None:
                     trace.ttft = time.perf_counter() - trace.t0
+                if time.monotonic() >= renew and res is not None:
+                    renew = self.accountant.renew_at(res)
+                    await self.accountant.extend(res)
                 out = tap.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -401,9 +405,7 @@ class Pipeline:
                 trace.counted_output = self.counter.text(tap.output_text(), encoding=model.encoding)
 
     # ---- errors, settlement, records ----------------------------------------------------------------------
-    async def _send_error(
-        self, send: Send, err: ProxyError, trace: Trace, extra: dict[str, str] | None = None
-    ) -> None:
+    async def _send_error(self, send: Send, err: ProxyError, trace: Trace, extra: dict[str, str] | None = None) -> None:
         trace.status, trace.outcome, trace.error = err.status, outcome_of(err), err.message
         trace.error_type = err.code or err.type
         status, headers, body = render(err)

@@ -62,9 +62,7 @@ class Router:
                 return await self._json(send, {"status": "ok"})
             if method == "GET" and path == "/readyz":
                 await self.gw.store.ping()
-                return await self._json(
-                    send, {"status": "ready", "store": self.gw.settings.store.split(":")[0]}
-                )
+                return await self._json(send, {"status": "ready", "store": self.gw.settings.store.split(":")[0]})
             if method == "GET" and path == "/metrics":
                 body, ctype = self.gw.metrics.render()
                 return await _respond(send, 200, {"content-type": ctype}, body, "")
@@ -82,9 +80,7 @@ class Router:
     async def _models(self, scope: Scope) -> dict[str, Any]:
         team_name = await self._principal_team(scope)
         team = self.gw.settings.teams.get(team_name)
-        allowed = (
-            team.models if team is not None and team.models is not None else tuple(self.gw.settings.models)
-        )
+        allowed = team.models if team is not None and team.models is not None else tuple(self.gw.settings.models)
         created = int(time.time())
         return {
             "object": "list",
@@ -115,9 +111,7 @@ class Router:
 
 
 def _method_not_allowed(method: str, path: str) -> ProxyError:
-    err = ProxyError(
-        f"Invalid method for URL ({method} {path}): only POST is allowed.", code="method_not_allowed"
-    )
+    err = ProxyError(f"Invalid method for URL ({method} {path}): only POST is allowed.", code="method_not_allowed")
     err.status = 405
     err.type = "invalid_request_error"
     return err

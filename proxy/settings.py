@@ -225,9 +225,7 @@ def _interpolate(node: Any, path: tuple[str | int, ...], env: Mapping[str, str])
             if default is not None:
                 return default
             where = ".".join(str(p) for p in path) or "(top)"
-            raise ConfigError(
-                f"{where}: environment variable {name} is not set (use ${{{name}:-}} if optional)"
-            )
+            raise ConfigError(f"{where}: environment variable {name} is not set (use ${{{name}:-}} if optional)")
 
         return _ENV.sub(sub, node)
     if isinstance(node, dict):

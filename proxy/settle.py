@@ -100,15 +100,9 @@ class Accountant:
         hit = self._fractions.get(team)
         if hit is not None and hit[0] > now:
             return hit[1]
-        watched = [
-            lim for lim in self.limits(team, key_digest, now) if lim.budget and lim.budget.downgrade_to
-        ]
+        watched = [lim for lim in self.limits(team, key_digest, now) if lim.budget and lim.budget.downgrade_to]
         values = await self._store.counters([lim.key for lim in watched]) if watched else {}
-        out = [
-            (lim.budget, values.get(lim.key, CounterValue()).used / lim.limit)
-            for lim in watched
-            if lim.budget
-        ]
+        out = [(lim.budget, values.get(lim.key, CounterValue()).used / lim.limit) for lim in watched if lim.budget]
         self._fractions[team] = (now + 1.0, out)
         return out
 
@@ -181,6 +175,17 @@ class Accountant:
             await self._store.settle(res.lease_id, res.hash_tag, ch)
         except StoreUnavailable:
             self._pending_settles.append((res.lease_id, res.hash_tag, ch))
+
+    def renew_at(self, res: Reservation | None) -> float:
+        """Monotonic time at which a long stream should extend its lease (a third of the lease)."""
+        return float("inf") if res is None or res.local else time.monotonic() + self._s.lease_seconds / 3
+
+    async def extend(self, res: Reservation) -> None:
+        """Keep a long stream's lease alive; a store hiccup here only means the reaper may charge it in full."""
+        try:
+            await self._store.extend(res.lease_id, res.hash_tag, self._clock() + self._s.lease_seconds)
+        except StoreUnavailable:
+            log.warning("could not extend lease %s", res.lease_id)
 
     # ---- background: reap expired leases, replay what could not be written ----------------------------
     async def reconcile(self) -> None:

@@ -87,12 +87,8 @@ class Upstream:
             else:
                 headers["authorization"] = f"Bearer {provider.api_key}"
         try:
-            return await self._session.post(
-                self.url(provider, endpoint, upstream_model), data=body, headers=headers
-            )
+            return await self._session.post(self.url(provider, endpoint, upstream_model), data=body, headers=headers)
         except TimeoutError:
             raise UpstreamTimeout("The upstream provider did not answer in time.") from None
         except aiohttp.ClientError as e:
-            raise UpstreamUnreachable(
-                f"Could not reach the upstream provider: {e.__class__.__name__}."
-            ) from None
+            raise UpstreamUnreachable(f"Could not reach the upstream provider: {e.__class__.__name__}.") from None

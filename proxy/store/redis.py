@@ -162,8 +162,11 @@ class RedisStore:
         result = await self._script("reserve_v1", keys, args)
         if int(result[0]) == 0:
             flat = [int(x) for x in result[1:]]
-            return Admitted({h.key: CounterValue(flat[2 * i], flat[2 * i + 1]) for i, h in enumerate(lease.holds)}
-                            if len(flat) == 2 * len(lease.holds) else {})
+            return Admitted(
+                {h.key: CounterValue(flat[2 * i], flat[2 * i + 1]) for i, h in enumerate(lease.holds)}
+                if len(flat) == 2 * len(lease.holds)
+                else {}
+            )
         _, index, used, reserved = (int(x) for x in result)
         return Denied(hold=lease.holds[index - 1], used=used, reserved=reserved)
 
