@@ -298,8 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.url or not args.body:
         p.error("--url and --body are required (or --serve)")
     headers = dict(h.split(":", 1) for h in args.header)
-    job = Job(args.url, Path(args.body).read_bytes(), args.conns, args.duration, args.warmup,
-              {k.strip(): v.strip() for k, v in headers.items()}, args.stream)
+    job = Job(
+        args.url,
+        Path(args.body).read_bytes(),
+        args.conns,
+        args.duration,
+        args.warmup,
+        {k.strip(): v.strip() for k, v in headers.items()},
+        args.stream,
+    )
     print(json.dumps(_run(run_job(job)), indent=2))
     return 0
 

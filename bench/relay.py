@@ -58,8 +58,9 @@ class Relay:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if scope["method"] == "GET":
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
             await send({"type": "http.response.body", "body": _HEALTH})
             return
         chunks = []
@@ -69,23 +70,26 @@ class Relay:
             if not msg.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if path.startswith("/paced"):
-            url = self.paced + path[6:]
-        else:
-            url = self.upstream + path
+        url = self.paced + path[6:] if path.startswith("/paced") else self.upstream + path
         assert self.session is not None
         async with self.session.post(url, data=body, headers={"content-type": "application/json"}) as resp:
             ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
             if ctype.startswith(b"text/event-stream"):
-                await send({"type": "http.response.start", "status": resp.status,
-                            "headers": [(b"content-type", ctype)]})
+                await send(
+                    {"type": "http.response.start", "status": resp.status, "headers": [(b"content-type", ctype)]}
+                )
                 async for chunk in resp.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             else:
                 raw = await resp.read()
-                await send({"type": "http.response.start", "status": resp.status,
-                            "headers": [(b"content-type", ctype), (b"content-length", str(len(raw)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": resp.status,
+                        "headers": [(b"content-type", ctype), (b"content-length", str(len(raw)).encode())],
+                    }
+                )
                 await send({"type": "http.response.body", "body": raw})
 
 

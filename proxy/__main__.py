@@ -42,7 +42,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     settings = _load_or_exit(path)  # fail fast, before any worker starts
     os.environ["QUOTAGATE_CONFIG"] = str(Path(path).resolve())
-    if args.workers > 1:
+    if args.workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Workers sum their counters through files in this directory; it is created (or emptied of a
+        # previous run's files, which would otherwise be added in) before any worker starts.
         from .metrics import prepare_multiprocess_dir
 
         mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="quotagate-metrics-")

@@ -117,13 +117,13 @@ def write_config(tmp: Path, cfg: Mapping[str, Any], name: str = "quotagate.yaml"
 
 
 def start_gateway(
-    tmp: Path, cfg: Mapping[str, Any], *, workers: int = 1, port: int | None = None, env: Mapping[str, str] = (),
+    tmp: Path, cfg: Mapping[str, Any], *, workers: int = 1, port: int | None = None, env: Mapping[str, str] | None = None,
     name: str = "quotagate.yaml", extra: Sequence[str] = (),
 ) -> Proc:
     path = write_config(tmp, cfg, name)
     port = port or free_port()
     args = ["serve", "--config", str(path), "--port", str(port), "--workers", str(workers), *extra]
-    return Proc(args, port, env=dict(env), log=tmp / f"gateway-{port}.log").start()
+    return Proc(args, port, env=dict(env or {}), log=tmp / f"gateway-{port}.log").start()
 
 
 def mock_requests(mock: Proc) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -14,8 +15,8 @@ from proxy.store.base import Hold
 DAY = 86_400.0
 
 
-def ts(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[misc]
+def ts(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0, us: int = 0) -> float:
+    return datetime(y, mo, d, h, mi, s, us, tzinfo=UTC).timestamp()
 
 
 @pytest.mark.parametrize(
@@ -88,7 +89,7 @@ def test_limits_for_builds_one_key_per_limit_and_window() -> None:
     lims = limits_for(
         "search",
         DIGEST,
-        (BudgetSettings(window="day", tokens=1000), BudgetSettings(window="month", usd="12.5")),
+        (BudgetSettings(window="day", tokens=1000), BudgetSettings(window="month", usd=Decimal("12.5"))),
         RateLimitSettings(tpm=500, rpm=3, concurrent=2),
         (BudgetSettings(window="week", tokens=50),),
         RateLimitSettings(rpm=7),
@@ -120,7 +121,7 @@ def test_holds_size_each_limit_by_its_unit() -> None:
     lims = limits_for(
         "t",
         DIGEST,
-        (BudgetSettings(window="day", tokens=1000), BudgetSettings(window="day", usd=1)),
+        (BudgetSettings(window="day", tokens=1000), BudgetSettings(window="day", usd=Decimal(1))),
         RateLimitSettings(tpm=500, rpm=3, concurrent=2),
         (),
         RateLimitSettings(),

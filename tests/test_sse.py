@@ -36,7 +36,13 @@ def sse(*objs: Any, sep: bytes = b"\n") -> bytes:
     return out
 
 
-USAGE_CHUNK = {"id": "c1", "object": "chat.completion.chunk", "choices": [], "usage": USAGE, "system_fingerprint": "fp_x"}
+USAGE_CHUNK = {
+    "id": "c1",
+    "object": "chat.completion.chunk",
+    "choices": [],
+    "usage": USAGE,
+    "system_fingerprint": "fp_x",
+}
 BODY = [
     chunk({"role": "assistant", "content": ""}, usage=None),
     chunk({"content": "Hello"}, usage=None),
