@@ -100,6 +100,7 @@ class Trace:
     trimmed: int = 0
     seed: int | None = None
     fingerprint: str | None = None
+    charged: bool = False  # reached the provider and is billed (usage reports add only these)
 
 
 class Pipeline:
@@ -420,6 +421,7 @@ class Pipeline:
         forwarded = trace.outcome in ("ok", "client_cancelled") or (
             trace.outcome == "upstream_error" and trace.ttft is not None
         )
+        trace.charged = forwarded
         if forwarded and price is not None:
             trace.cost = price.cost(used)
         elif not forwarded:
@@ -495,6 +497,7 @@ def _record(t: Trace) -> LedgerRecord:
         system_fingerprint=t.fingerprint,
         upstream_model=t.upstream_model,
         error=t.error,
+        charged=t.charged,
     )
 
 

@@ -111,6 +111,7 @@ class LedgerRecord:
     system_fingerprint: str | None = None
     upstream_model: str | None = None
     error: str | None = None
+    charged: bool = True  # the request reached the provider and was billed; usage reports add only these
     version: int = 1
 
 

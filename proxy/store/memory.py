@@ -34,11 +34,13 @@ def usage_rows(records: Iterable[LedgerRecord]) -> list[UsageRow]:
     for r in records:
         row = acc.setdefault((r.team, r.model), [0, 0, 0, 0, 0, 0])
         row[0] += 1
+        row[5] += r.cost_micro_usd
+        if not r.charged:  # refused before the provider saw it: a request, but no tokens
+            continue
         row[1] += _first(r.input_tokens, r.counted_input)
         row[2] += r.cached_input_tokens or 0
         row[3] += _first(r.output_tokens, r.counted_output)
         row[4] += r.reasoning_tokens or 0
-        row[5] += r.cost_micro_usd
     return [UsageRow(team, model, *vals) for (team, model), vals in sorted(acc.items())]
 
 

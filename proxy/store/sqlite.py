@@ -32,7 +32,7 @@ _PURGE_EVERY = 60.0
 _T = TypeVar("_T")
 
 _LEDGER_COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRecord))
-_LEDGER_BOOLS = frozenset({"stream", "estimated"})
+_LEDGER_BOOLS = frozenset({"stream", "estimated", "charged"})
 _PLACEHOLDERS = ", ".join("?" * len(_LEDGER_COLUMNS))
 
 _SCHEMA = f"""
@@ -57,8 +57,10 @@ CREATE INDEX IF NOT EXISTS ledger_team_ts ON ledger (team, ts);
 
 _USAGE_SQL = """
 SELECT team, model, COUNT(*),
-       SUM(COALESCE(input_tokens, counted_input, 0)), SUM(COALESCE(cached_input_tokens, 0)),
-       SUM(COALESCE(output_tokens, counted_output, 0)), SUM(COALESCE(reasoning_tokens, 0)),
+       SUM(CASE WHEN charged THEN COALESCE(input_tokens, counted_input, 0) ELSE 0 END),
+       SUM(CASE WHEN charged THEN COALESCE(cached_input_tokens, 0) ELSE 0 END),
+       SUM(CASE WHEN charged THEN COALESCE(output_tokens, counted_output, 0) ELSE 0 END),
+       SUM(CASE WHEN charged THEN COALESCE(reasoning_tokens, 0) ELSE 0 END),
        SUM(cost_micro_usd)
 FROM ledger WHERE ts >= ? {team} GROUP BY team, model ORDER BY team, model
 """
