@@ -101,7 +101,10 @@ class Accountant:
         if hit is not None and hit[0] > now:
             return hit[1]
         watched = [lim for lim in self.limits(team, key_digest, now) if lim.budget and lim.budget.downgrade_to]
-        values = await self._store.counters([lim.key for lim in watched]) if watched else {}
+        try:
+            values = await self._store.counters([lim.key for lim in watched]) if watched else {}
+        except StoreUnavailable:
+            return []  # no downgrade decision without the store; reserve() then applies on_store_error
         out = [(lim.budget, values.get(lim.key, CounterValue()).used / lim.limit) for lim in watched if lim.budget]
         self._fractions[team] = (now + 1.0, out)
         return out
@@ -154,9 +157,13 @@ class Accountant:
         local = False
         try:
             result = await self._store.reserve(lease)
-        except StoreUnavailable:
+        except StoreUnavailable as e:
             if self._s.on_store_error == "closed":
-                raise
+                log.error("store unreachable, refusing requests (on_store_error: closed): %s", e)
+                raise StoreUnavailable(
+                    "The gateway's quota store is unreachable, so budgets cannot be enforced; requests are "
+                    "refused until it is back (on_store_error: closed). Please try again shortly."
+                ) from None
             log.warning("store unreachable: admitting on the local store (on_store_error: open)")
             result = await self._local.reserve(lease)
             local = True
@@ -306,7 +313,7 @@ def _reaped_record(lease: Lease) -> LedgerRecord:
         status=0,
         outcome="lease_expired",
         counted_input=m.get("counted_input"),
-        counted_output=None,
+        counted_output=int(m.get("worst_tokens", 0)) - int(m.get("counted_input") or 0),
         input_tokens=None,
         cached_input_tokens=None,
         output_tokens=None,

@@ -87,8 +87,9 @@ class Proc:
 
 def start_mock(tmp: Path, *extra: str, port: int | None = None) -> Proc:
     port = port or free_port()
-    return Proc(["mock-upstream", "--port", str(port), *extra], port, health="/v1/models",
-                log=tmp / f"mock-{port}.log").start()
+    return Proc(
+        ["mock-upstream", "--port", str(port), *extra], port, health="/v1/models", log=tmp / f"mock-{port}.log"
+    ).start()
 
 
 def base_config(mock_url: str, store: str, **over: Any) -> dict[str, Any]:
@@ -117,8 +118,14 @@ def write_config(tmp: Path, cfg: Mapping[str, Any], name: str = "quotagate.yaml"
 
 
 def start_gateway(
-    tmp: Path, cfg: Mapping[str, Any], *, workers: int = 1, port: int | None = None, env: Mapping[str, str] | None = None,
-    name: str = "quotagate.yaml", extra: Sequence[str] = (),
+    tmp: Path,
+    cfg: Mapping[str, Any],
+    *,
+    workers: int = 1,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    name: str = "quotagate.yaml",
+    extra: Sequence[str] = (),
 ) -> Proc:
     path = write_config(tmp, cfg, name)
     port = port or free_port()

@@ -339,12 +339,7 @@ def test_image_size_parsers() -> None:
     assert image_size(png(640, 480)) == (640, 480)
     assert image_size(jpeg(800, 600)) == (800, 600)
     assert image_size(b"GIF89a" + struct.pack("<HH", 320, 200) + b"\x00" * 8) == (320, 200)
-    vp8x = (
-        b"RIFF\x00\x00\x00\x00WEBPVP8X"
-        + b"\x00" * 8
-        + (999).to_bytes(3, "little")
-        + (499).to_bytes(3, "little")
-    )
+    vp8x = b"RIFF\x00\x00\x00\x00WEBPVP8X" + b"\x00" * 8 + (999).to_bytes(3, "little") + (499).to_bytes(3, "little")
     assert image_size(vp8x) == (1000, 500)
     bits = (300 - 1) | ((150 - 1) << 14)
     vp8l = b"RIFF\x00\x00\x00\x00WEBPVP8L" + b"\x00" * 4 + b"\x2f" + bits.to_bytes(4, "little")
@@ -387,10 +382,7 @@ def test_responses_function_call_items_are_estimates() -> None:
     ]
     est = Counter().responses(items, None, None, model="gpt-4o", encoding=None)
     expected = (
-        (3 + n("user") + n("weather?"))
-        + (3 + n("get_weather") + n('{"city":"Oslo"}'))
-        + (3 + n('{"temp": -3}'))
-        + 3
+        (3 + n("user") + n("weather?")) + (3 + n("get_weather") + n('{"city":"Oslo"}')) + (3 + n('{"temp": -3}')) + 3
     )
     assert (est.tokens, est.exact) == (expected, False)
     assert est.parts.new == est.tokens
@@ -443,9 +435,7 @@ def test_resent_conversation_encodes_only_the_new_message(monkeypatch: pytest.Mo
     second = counter.chat(resent, tools_again, model="gpt-4o", encoding=None)
     assert log == ["user", "and one more thing"]
     assert second.tokens == first.tokens + 3 + n("user") + n("and one more thing")
-    assert second == Counter().chat(
-        resent, WEATHER_TOOLS, model="gpt-4o", encoding=None
-    )  # cache is transparent
+    assert second == Counter().chat(resent, WEATHER_TOOLS, model="gpt-4o", encoding=None)  # cache is transparent
     stats = counter.stats
     assert stats.hits == len(history) + 1  # every old message + the tools
     assert stats.encoded_chars > 0

@@ -34,7 +34,7 @@ from proxy.settings import load, parse
 from proxy.store import open_store
 from proxy.store.base import LedgerRecord
 from proxy.usage import Usage
-from tests.gateway import ROOT, Proc, base_config, mock_requests, start_gateway, start_mock, write_config
+from tests.gateway import ROOT, Proc, base_config, mock_requests, start_gateway, start_mock
 from tests.redis_server import RedisProcess, start_redis
 
 pytestmark = pytest.mark.slow
@@ -231,6 +231,7 @@ def main(tmp: Path, mock: Proc) -> Iterator[Main]:
     """One gateway on one SQLite file, with a team per scenario."""
     teams, keys = team_cfg(
         burst=day_budget(BURST_LIMIT),
+        rej=day_budget(1),
         release=day_budget(release_limit()),
         dc=day_budget(10**6),
         rpm={"rate_limits": {"rpm": 3}},
@@ -241,6 +242,7 @@ def main(tmp: Path, mock: Proc) -> Iterator[Main]:
         dg=day_budget(4 * (n_input(model="gpt-4o") + CAP), warn_at=0.5, downgrade_to=MODEL),
         t1=day_budget(100_000),
         t2={"models": [MODEL], **day_budget(55_555)},
+        rt={},
     )
     store = sqlite_url(tmp / "main.db")
     cfg = base_config(mock.url, store, teams=teams, keys=keys)
@@ -286,33 +288,37 @@ async def check_burst(gws: list[Proc], store: str) -> None:
         assert row["used"] <= row["limit"] == BURST_LIMIT
     rows = await asyncio.to_thread(ledger_rows, store, "burst", 200)
     assert sorted(r.outcome for r in rows) == ["budget_exceeded"] * (200 - K) + ["ok"] * K
-    for r in rows:
-        if r.outcome == "ok":
-            assert (r.counted_input, r.input_tokens, r.output_tokens) == (N_IN, N_IN, CAP)
-            assert r.cost_micro_usd == cost(N_IN, CAP)
+    for rec in rows:
+        if rec.outcome == "ok":
+            assert (rec.counted_input, rec.input_tokens, rec.output_tokens) == (N_IN, N_IN, CAP)
+            assert rec.cost_micro_usd == cost(N_IN, CAP)
         else:
-            assert (r.status, r.cost_micro_usd) == (429, 0)
+            assert (rec.status, rec.cost_micro_usd) == (429, 0)
+    assert sum(rec.charged for rec in rows) == K
+    async with httpx.AsyncClient(timeout=10) as client:
+        usage = (await client.get(gws[0].url + "/admin/usage", params={"team": "burst"}, headers=ADMIN)).json()
+    (report,) = usage["teams"][0]["usage"]
+    assert (report["requests"], report["input_tokens"], report["output_tokens"]) == (200, K * N_IN, K * CAP)
+    assert report["cost_micro_usd"] == K * cost(N_IN, CAP)
     # they all overlapped: every request arrived before the first admitted one finished
-    first_done = min(r.ts + (r.latency_ms or 0) / 1000 for r in rows if r.outcome == "ok")
-    assert max(r.ts for r in rows) < first_done
+    first_done = min(rec.ts + (rec.latency_ms or 0) / 1000 for rec in rows if rec.outcome == "ok")
+    assert max(rec.ts for rec in rows) < first_done
 
 
 async def test_200_concurrent_requests_one_gateway_sqlite(main: Main) -> None:
     await check_burst([main.gw], main.store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: usage reports (store.usage -> /admin/usage, /v1/usage, `quotagate usage`) add the pre-count "
-    "of requests that were rejected before forwarding (429/400) to input_tokens: COALESCE(input_tokens, "
-    "counted_input) also applies to rows that never reached the provider",
-)
 def test_usage_report_counts_only_forwarded_tokens(main: Main) -> None:
-    ledger_rows(main.store, "burst", 200)  # after the burst test (or on its own: then nothing to check)
-    r = httpx.get(main.gw.url + "/admin/usage", params={"team": "burst"}, headers=ADMIN, timeout=10)
+    for _ in range(2):
+        r = post(main.gw, "sk-rej", chat())
+        assert r.json()["error"]["code"] == "insufficient_quota"
+    rows = ledger_rows(main.store, "rej", 2, "budget_exceeded")
+    assert [(x.cost_micro_usd, x.charged, x.counted_input) for x in rows] == [(0, False, N_IN)] * 2
+    r = httpx.get(main.gw.url + "/admin/usage", params={"team": "rej"}, headers=ADMIN, timeout=10)
     (row,) = r.json()["teams"][0]["usage"]
-    assert row["requests"] == 200
-    assert (row["input_tokens"], row["output_tokens"]) == (K * N_IN, K * CAP)
+    assert (row["requests"], row["cost_micro_usd"]) == (2, 0)
+    assert (row["input_tokens"], row["output_tokens"]) == (0, 0)  # nothing was sent upstream
 
 
 async def test_200_concurrent_requests_two_workers_sqlite(tmp: Path, mock: Proc) -> None:
@@ -327,14 +333,35 @@ async def test_200_concurrent_requests_two_workers_sqlite(tmp: Path, mock: Proc)
 
 
 async def test_200_concurrent_requests_three_replicas_on_one_redis(tmp: Path, mock: Proc, redis_url: str) -> None:
-    teams, keys = team_cfg(burst=day_budget(BURST_LIMIT))
+    """Also: a key revoked on one replica stops working on the others within the 5 s auth cache."""
+    teams, keys = team_cfg(burst=day_budget(BURST_LIMIT), rk={})
     store = redis_db(redis_url, 1)
     cfg = base_config(mock.url, store, teams=teams, keys=keys)
     gws = await asyncio.to_thread(
         in_parallel, *(lambda i=i: start_gateway(tmp, cfg, name=f"replica{i}.yaml") for i in range(3))
     )
     try:
-        await check_burst(gws, store)
+        async with httpx.AsyncClient(timeout=30) as client:
+            made = await client.post(gws[0].url + "/admin/keys", headers=ADMIN, json={"team": "rk"})
+            key, sha = made.json()["key"], made.json()["sha256"]
+            for g in gws:  # every replica looks the runtime key up in Redis and caches it
+                r = await client.post(g.url + "/v1/chat/completions", json=chat(), headers=auth(key))
+                assert r.status_code == 200, r.text
+            cached_at = time.monotonic()
+
+            await check_burst(gws, store)
+
+            revoked = await client.delete(f"{gws[0].url}/admin/keys/{sha}", headers=ADMIN)
+            assert revoked.json() == {"sha256": sha, "revoked": True}
+            for g in gws:
+                while True:
+                    r = await client.post(g.url + "/v1/chat/completions", json=chat(), headers=auth(key))
+                    if r.status_code == 401:
+                        break
+                    assert r.status_code == 200
+                    assert time.monotonic() - cached_at < 5.5, "a revoked key outlived the auth cache"
+                    await asyncio.sleep(0.1)
+                assert r.json()["error"]["code"] == "invalid_api_key"
     finally:
         await asyncio.to_thread(in_parallel, *(g.terminate for g in gws))
 
@@ -583,23 +610,29 @@ def test_admin_api_off_without_admin_key(tmp: Path, mock: Proc) -> None:
 
 
 def test_runtime_key_create_use_revoke(main: Main) -> None:
-    r = httpx.post(main.gw.url + "/admin/keys", headers=ADMIN, json={"team": "t1", "name": "runtime"})
+    r = httpx.post(main.gw.url + "/admin/keys", headers=ADMIN, json={"team": "rt", "name": "runtime"})
     assert r.status_code == 201, r.text
     key, sha = r.json()["key"], r.json()["sha256"]
-    assert r.json()["team"] == "t1" and len(sha) == 64
+    assert r.json()["team"] == "rt" and len(sha) == 64
     assert post(main.gw, key, chat()).status_code == 200
-    listed = httpx.get(main.gw.url + "/admin/keys", params={"team": "t1"}, headers=ADMIN).json()["keys"]
-    assert {"sha256": sha, "team": "t1", "name": "runtime", "source": "store", "revoked": False} in listed
+    listed = httpx.get(main.gw.url + "/admin/keys", params={"team": "rt"}, headers=ADMIN).json()["keys"]
+    assert {"sha256": sha, "team": "rt", "name": "runtime", "source": "store", "revoked": False} in listed
     unknown = httpx.post(main.gw.url + "/admin/keys", headers=ADMIN, json={"team": "nope"})
     assert unknown.status_code == 404
 
     assert httpx.delete(f"{main.gw.url}/admin/keys/{sha}", headers=ADMIN).json() == {"sha256": sha, "revoked": True}
     t = time.monotonic()
-    denied = wait_until(lambda: (x := post(main.gw, key, chat())).status_code == 401 and x, timeout=6.5)
+
+    def refused() -> httpx.Response | None:
+        r = post(main.gw, key, chat())
+        return r if r.status_code == 401 else None
+
+    denied = wait_until(refused, 6.5)
+    assert denied is not None
     assert time.monotonic() - t < 6.5  # within the auth cache's 5 s
     assert denied.json()["error"]["code"] == "invalid_api_key"
-    listed = httpx.get(main.gw.url + "/admin/keys", params={"team": "t1"}, headers=ADMIN).json()["keys"]
-    assert {"sha256": sha, "team": "t1", "name": "runtime", "source": "store", "revoked": True} in listed
+    listed = httpx.get(main.gw.url + "/admin/keys", params={"team": "rt"}, headers=ADMIN).json()["keys"]
+    assert {"sha256": sha, "team": "rt", "name": "runtime", "source": "store", "revoked": True} in listed
     assert httpx.delete(f"{main.gw.url}/admin/keys/{'f' * 64}", headers=ADMIN).status_code == 404
 
 
@@ -623,63 +656,14 @@ def test_downgrade_past_warn_at(main: Main) -> None:
     assert sorted(x.model for x in rows) == ["gpt-4o", "gpt-4o", MODEL]
 
 
-# ---- 4. SIGKILL with streams in flight; 5. restart --------------------------------------------------------
+# ---- 4. SIGKILL with streams in flight, 5. state across restarts -----------------------------------------
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def durable(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return sqlite_url(tmp_path / "durable.db")
-    db = 2 if request.node.name.startswith("test_sigkill") else 3
-    return redis_db(request.getfixturevalue("redis_url"), db)
-
-
-def test_sigkill_with_streams_in_flight_is_reaped_and_charged(durable: str, tmp_path: Path, mock: Proc) -> None:
-    teams, keys = team_cfg(t1=day_budget(10**6))
-    cfg = base_config(mock.url, durable, teams=teams, keys=keys, lease_seconds=2)
-    first = start_gateway(tmp_path, cfg, name="first.yaml")
-    n = 3
-    cap = 100
-    worst = N_IN + cap
-    body = chat(cap, output_tokens=cap, tpot_s=0.1)
-    body["stream"] = True
-
-    def stream_until_killed(started: concurrent.futures.Future[None]) -> str:
-        try:
-            with (
-                httpx.Client(timeout=30) as client,
-                client.stream("POST", first.url + "/v1/chat/completions", json=body, headers=auth("sk-t1")) as r,
-            ):
-                assert r.status_code == 200
-                started.set_result(None)
-                for _ in r.iter_lines():
-                    pass
-            return "finished"
-        except httpx.HTTPError as e:
-            return type(e).__name__
-
-    with concurrent.futures.ThreadPoolExecutor(n) as pool:
-        started = [concurrent.futures.Future[None]() for _ in range(n)]
-        streams = [pool.submit(stream_until_killed, s) for s in started]
-        for s in started:
-            s.result(timeout=10)
-        assert day(first, "t1")["reserved"] == n * worst
-        t_kill = time.monotonic()
-        first.kill()
-        assert all(s.result(timeout=10) != "finished" for s in streams)
-
-    second = start_gateway(tmp_path, cfg, name="second.yaml")
-    try:
-        row = settled(second, "t1", n * worst)  # no budget pinned once the leases expire
-        assert time.monotonic() - t_kill < 2 + 5
-        rows = ledger_rows(durable, "t1", n, "lease_expired")
-        assert len({r.request_id for r in rows}) == n
-        for r in rows:
-            assert r.cost_micro_usd == worst_usd(N_IN, cap)
-            assert (r.counted_input, r.team, r.model, r.stream) == (N_IN, "t1", MODEL, True)
-        assert row["remaining"] == 10**6 - n * worst
-    finally:
-        second.terminate()
+    return redis_db(request.getfixturevalue("redis_url"), 2)
 
 
 def usage_cli(config: Path, team: str) -> list[list[str]]:
@@ -694,42 +678,97 @@ def usage_cli(config: Path, team: str) -> list[list[str]]:
     return [line.split() for line in out.splitlines()]
 
 
-def test_restart_keeps_usage_and_overrides(durable: str, tmp_path: Path, mock: Proc) -> None:
+def streams_in_flight(gw: Proc, n: int, body: dict[str, Any]) -> Callable[[], list[str]]:
+    """Start ``n`` streams, return once each has its 200 headers; the callable joins them (how each ended)."""
+    pool = concurrent.futures.ThreadPoolExecutor(n)
+    started = [concurrent.futures.Future[None]() for _ in range(n)]
+
+    def run(ready: concurrent.futures.Future[None]) -> str:
+        try:
+            with (
+                httpx.Client(timeout=30) as client,
+                client.stream("POST", gw.url + "/v1/chat/completions", json=body, headers=auth("sk-t1")) as r,
+            ):
+                assert r.status_code == 200
+                ready.set_result(None)
+                for _ in r.iter_lines():
+                    pass
+            return "finished"
+        except httpx.HTTPError as e:
+            return type(e).__name__
+
+    done = [pool.submit(run, s) for s in started]
+    for s in started:
+        s.result(timeout=10)
+
+    def join() -> list[str]:
+        try:
+            return [d.result(timeout=10) for d in done]
+        finally:
+            pool.shutdown()
+
+    return join
+
+
+def test_restart_keeps_state_and_sigkill_is_reaped(durable: str, tmp_path: Path, mock: Proc) -> None:
+    """A replica serves, gets a runtime override, then is SIGKILLed with streams in flight. The next one on
+    the same store (5) keeps the usage and the override, and (4) charges the dead streams in full once their
+    leases (2 s) expire, with a ledger row each, leaving nothing pinned."""
     teams, keys = team_cfg(t1=day_budget(10**6))
-    cfg = base_config(mock.url, durable, teams=teams, keys=keys)
+    cfg = base_config(mock.url, durable, teams=teams, keys=keys, lease_seconds=2)
     override = [{"window": "day", "tokens": 777_777}, {"window": "month", "usd": "3.5", "warn_at": 0.9}]
-    gw = start_gateway(tmp_path, cfg, name="before.yaml")
+    n, cap = 3, 100
+    worst = N_IN + cap
+
+    first = start_gateway(tmp_path, cfg, name="first.yaml")
     try:
         for _ in range(2):
-            assert post(gw, "sk-t1", chat()).status_code == 200
-        put = httpx.put(gw.url + "/admin/teams/t1/budgets", headers=ADMIN, json=override)
+            assert post(first, "sk-t1", chat()).status_code == 200
+        put = httpx.put(first.url + "/admin/teams/t1/budgets", headers=ADMIN, json=override, timeout=10)
         assert put.status_code == 200, put.text
-        bad = httpx.put(gw.url + "/admin/teams/t1/budgets", headers=ADMIN, json=[{"window": "day"}])
+        bad = httpx.put(first.url + "/admin/teams/t1/budgets", headers=ADMIN, json=[{"window": "day"}], timeout=10)
         assert bad.status_code == 400
-        settled(gw, "t1", 2 * WORST)
+        assert bad.json()["error"]["param"] == "budgets"
+        settled(first, "t1", 2 * WORST)
+        ledger_rows(durable, "t1", 2, "ok")
+
+        body = chat(cap, output_tokens=cap, tpot_s=0.1)  # 10 s streams
+        body["stream"] = True
+        join = streams_in_flight(first, n, body)
+        assert day(first, "t1")["reserved"] == n * worst
     finally:
-        assert gw.terminate() in (0, -15)  # graceful (uvicorn re-raises SIGTERM once it has shut down)
+        first.kill()
+    t_kill = time.monotonic()
+    assert "finished" not in join()
 
-    config = write_config(tmp_path, cfg, "after.yaml")
-    table = usage_cli(config, "t1")
-    assert table[0] == ["team", "model", "requests", "input", "cached", "output", "reasoning", "cost_usd"]
-    assert table[1:] == [["t1", MODEL, "2", str(2 * N_IN), "0", str(2 * CAP), "0", f"{2 * cost(N_IN, CAP) / 1e6:.6f}"]]
-
-    gw = start_gateway(tmp_path, cfg, name="after.yaml")
+    second = start_gateway(tmp_path, cfg, name="second.yaml")
     try:
-        doc = budgets(gw, "t1")
-        assert doc["budgets"] == [
-            {"window": "day", "tokens": 777_777},
-            {"window": "month", "usd": "3.5", "warn_at": 0.9},
-        ]
-        by_window = {s["window"]: s for s in doc["status"]}
-        assert (by_window["day"]["limit"], by_window["day"]["used"]) == (777_777, 2 * WORST)
-        assert (by_window["month"]["limit"], by_window["month"]["used"]) == (3_500_000, 0)  # new counter
-        assert post(gw, "sk-t1", chat()).status_code == 200
-        settled(gw, "t1", 3 * WORST)
+        doc = budgets(second, "t1")
+        assert doc["budgets"] == override
+        assert [s["limit"] for s in doc["status"]] == [777_777, 3_500_000]
+        row = settled(second, "t1", 2 * WORST + n * worst)  # nothing pinned once the leases expire
+        assert time.monotonic() - t_kill < 2 + 8
+        assert row["limit"] == 777_777
+        # the month USD budget exists since the override: it holds exactly the reaped streams' worst cost
+        (month,) = [s for s in budgets(second, "t1")["status"] if s["window"] == "month"]
+        assert (month["used"], month["reserved"]) == (n * worst_usd(N_IN, cap), 0)
+        reaped = ledger_rows(durable, "t1", n, "lease_expired")
+        assert len({r.request_id for r in reaped}) == n
+        for r in reaped:
+            assert r.cost_micro_usd == worst_usd(N_IN, cap) > 0
+            assert (r.counted_input, r.team, r.model, r.stream, r.status) == (N_IN, "t1", MODEL, True, 0)
+        assert post(second, "sk-t1", chat()).status_code == 200
+        settled(second, "t1", 3 * WORST + n * worst)
     finally:
-        gw.terminate()
-    assert usage_cli(config, "t1")[1][:3] == ["t1", MODEL, "3"]
+        assert second.terminate() in (0, -15)  # graceful (uvicorn re-raises SIGTERM once it has shut down)
+
+    table = usage_cli(tmp_path / "second.yaml", "t1")
+    assert table[0] == ["team", "model", "requests", "input", "cached", "output", "reasoning", "cost_usd"]
+    total_cost = 3 * cost(N_IN, CAP) + n * worst_usd(N_IN, cap)
+    assert table[1:] == [
+        # a reaped lease is charged its full worst case, and the report shows it so: its output cap too
+        ["t1", MODEL, str(3 + n), str((3 + n) * N_IN), "0", str(3 * CAP + n * cap), "0", f"{total_cost / 1e6:.6f}"]
+    ]
 
 
 # ---- 9. Redis stopped during load ---------------------------------------------------------------------------
@@ -800,3 +839,19 @@ def test_redis_outage_open_serves_and_reconciles(outage_redis: RedisProcess, tmp
         assert all(r.input_tokens == N_IN and r.output_tokens == CAP for r in rows)
     finally:
         gw.terminate()
+
+
+def test_redis_outage_open_serves_teams_with_a_downgrade_budget(
+    outage_redis: RedisProcess, tmp_path: Path, mock: Proc
+) -> None:
+    teams, keys = team_cfg(t1=day_budget(10**6, warn_at=0.5, downgrade_to=MODEL))
+    cfg = base_config(mock.url, outage_redis.url, teams=teams, keys=keys, on_store_error="open")
+    gw = start_gateway(tmp_path, cfg, name="open-downgrade.yaml")
+    try:
+        assert post(gw, "sk-t1", chat(model="gpt-4o")).status_code == 200
+        outage_redis.stop()
+        time.sleep(1.1)  # past the one-second cache of the used fraction
+        r = post(gw, "sk-t1", chat(model="gpt-4o"))
+        assert r.status_code == 200, r.text
+    finally:
+        gw.kill()  # a graceful stop would wait for the absent store to flush the ledger

@@ -269,9 +269,7 @@ async def test_chat_tools_stream_async(aclient: openai.AsyncOpenAI) -> None:
     )
     assert json.loads(args)["city"] == "lorem"
     assert chunks[-2].choices[0].finish_reason == "tool_calls"
-    assert chunks[-1].usage and chunks[-1].usage.completion_tokens == len(
-        get_encoding("o200k_base").encode(args)
-    )
+    assert chunks[-1].usage and chunks[-1].usage.completion_tokens == len(get_encoding("o200k_base").encode(args))
 
 
 # ---------------------------------------------------------------- completions, embeddings, models
@@ -329,9 +327,7 @@ def test_models(client: openai.OpenAI) -> None:
 def test_responses_non_stream(client: openai.OpenAI, mock: ThreadedMock) -> None:
     r = client.responses.create(model="gpt-4o", input="Tell me a story.", instructions="Be brief.")
     assert r.output_text == output_text(16) and r.status == "completed"
-    expected = Counter().responses(
-        "Tell me a story.", "Be brief.", None, model="gpt-4o", encoding="o200k_base"
-    )
+    expected = Counter().responses("Tell me a story.", "Be brief.", None, model="gpt-4o", encoding="o200k_base")
     assert r.usage is not None
     assert r.usage.input_tokens == expected.tokens and r.usage.output_tokens == 16
     assert r.usage.total_tokens == expected.tokens + 16
@@ -412,9 +408,7 @@ def test_status_text_shape_and_headers(mock: ThreadedMock, client: openai.OpenAI
     assert raw.status_code == 503 and raw.headers["content-type"].startswith("text/plain")
     assert "503" in raw.text
     with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(
-            model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"status": 500}}
-        )  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"status": 500}})  # type: ignore[arg-type]
     with pytest.raises(openai.RateLimitError) as info:
         client.responses.create(model="gpt-4o", input="x", extra_headers={"x-mock-status": "429"})
     assert info.value.code == "rate_limit_exceeded"
@@ -463,9 +457,7 @@ async def test_error_after_sends_in_band_error(aclient: openai.AsyncOpenAI, mock
             got.append(c.choices[0].delta.content or "")
     assert "".join(got) == output_text(2)
     assert "stream error" in info.value.message
-    raw = raw_post(
-        mock, "/completions", {"model": "m", "prompt": "p", "stream": True, "mock": {"error_after": 1}}
-    )
+    raw = raw_post(mock, "/completions", {"model": "m", "prompt": "p", "stream": True, "mock": {"error_after": 1}})
     data = sse_data(raw.text)
     assert json.loads(data[-1])["error"]["type"] == "server_error" and "[DONE]" not in data
 
@@ -490,9 +482,7 @@ def test_delay_s(client: openai.OpenAI) -> None:
 
 
 def test_no_usage_and_usage_details(client: openai.OpenAI, mock: ThreadedMock) -> None:
-    r = client.chat.completions.create(
-        model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"no_usage": True}}
-    )  # type: ignore[arg-type]
+    r = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"no_usage": True}})  # type: ignore[arg-type]
     assert r.usage is None
     raw = raw_post(
         mock,
@@ -501,10 +491,7 @@ def test_no_usage_and_usage_details(client: openai.OpenAI, mock: ThreadedMock) -
         **{"x-mock-no-usage": "true"},
     )
     assert "usage" not in raw.text and raw.text.endswith("data: [DONE]\n\n")
-    assert (
-        client.responses.create(model="gpt-4o", input="x", extra_body={"mock": {"no_usage": True}}).usage
-        is None
-    )
+    assert client.responses.create(model="gpt-4o", input="x", extra_body={"mock": {"no_usage": True}}).usage is None
 
     r = client.chat.completions.create(
         model="gpt-4o",
@@ -516,11 +503,7 @@ def test_no_usage_and_usage_details(client: openai.OpenAI, mock: ThreadedMock) -
     assert r.usage.prompt_tokens_details and r.usage.prompt_tokens_details.cached_tokens == 5
     assert r.usage.completion_tokens_details and r.usage.completion_tokens_details.reasoning_tokens == 10
     resp = client.responses.create(model="gpt-4o", input="x", extra_body={"mock": {"reasoning_tokens": 2}})
-    assert (
-        resp.usage
-        and resp.usage.output_tokens == 18
-        and resp.usage.output_tokens_details.reasoning_tokens == 2
-    )
+    assert resp.usage and resp.usage.output_tokens == 18 and resp.usage.output_tokens_details.reasoning_tokens == 2
 
 
 # ---------------------------------------------------------------- recording, auth, latency
@@ -651,9 +634,7 @@ async def test_client_disconnect_mid_stream_is_quiet(caplog: pytest.LogCaptureFi
 def test_every_endpoint_sync_sdk(client: openai.OpenAI) -> None:
     emb = client.embeddings.create(model="text-embedding-3-small", input="alpha", dimensions=3)
     assert len(emb.data[0].embedding) == 3 and emb.usage.prompt_tokens == 1
-    with client.responses.stream(
-        model="gpt-4o", input="hi", extra_body={"mock": {"output_tokens": 2}}
-    ) as stream:
+    with client.responses.stream(model="gpt-4o", input="hi", extra_body={"mock": {"output_tokens": 2}}) as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert deltas == list(output_pieces(2)) and final.output_text == output_text(2)
