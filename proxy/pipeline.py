@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +41,7 @@ from .metrics import Metrics, RequestOutcome
 from .parse import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, ParsedRequest, parse
 from .pricing import Price, price_of
 from .settings import ModelSettings, Settings
-from .settle import Accountant, Reservation
+from .settle import Accountant, Reservation, ids
 from .sse import StreamTap, body_output_text, read_body
 from .store.base import LedgerRecord
 from .upstream import DROP_RESPONSE, Upstream
@@ -124,11 +123,11 @@ class Pipeline:
         self.metrics = metrics
         self.spawn = spawn
         self.prices: dict[str, Price] = {name: price_of(m) for name, m in settings.models.items()}
-        self.encodings: dict[str, str | None] = {name: m.encoding for name, m in settings.models.items()}
+        self._ids = ids("qg-")
 
     # ---- the request -----------------------------------------------------------------------------------
     async def handle(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
-        trace = Trace(f"qg-{uuid.uuid4().hex}", time.time(), time.perf_counter(), endpoint)
+        trace = Trace(next(self._ids), time.time(), time.perf_counter(), endpoint)
         res: Reservation | None = None
         try:
             req, model, price, res, extra = await self._admit(scope, receive, trace)
@@ -408,7 +407,8 @@ class Pipeline:
     # ---- errors, settlement, records ----------------------------------------------------------------------
     async def _send_error(self, send: Send, err: ProxyError, trace: Trace, extra: dict[str, str] | None = None) -> None:
         trace.status, trace.outcome, trace.error = err.status, outcome_of(err), err.message
-        trace.error_type = err.code or err.type
+        # provider errors by status (the "Errors by type" panel tells a 429 storm from a 500 one)
+        trace.error_type = f"upstream_{err.status}" if isinstance(err, UpstreamError) else (err.code or err.type)
         status, headers, body = render(err)
         if extra:
             headers = {**extra, **headers}

@@ -18,11 +18,12 @@ store answers again the queued usage is added there, so nothing served meanwhile
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
+import os
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,9 @@ class Accountant:
         self._pending_settles: list[tuple[str, str, dict[str, int]]] = []
         self._fractions: dict[str, tuple[float, list[tuple[BudgetSettings, float]]]] = {}
         self.tags: set[str] = {tag(t) for t in settings.teams}
+        self._ids = ids("l-")
+        self._limits_minute = -1
+        self._limits_cache: dict[tuple[str, str], list[Limit]] = {}
 
     # ---- budgets in force -------------------------------------------------------------------------------
     def team_budgets(self, team: str) -> tuple[BudgetSettings, ...]:
@@ -76,12 +80,24 @@ class Accountant:
     async def load_overrides(self) -> None:
         raw = await self._store.get_overrides()
         self._overrides = {t: tuple(BudgetSettings.model_validate(b) for b in bs) for t, bs in raw.items()}
+        self._limits_minute = -1
 
     async def set_override(self, team: str, budgets: Sequence[BudgetSettings]) -> None:
         await self._store.set_override(team, [b.model_dump(mode="json", exclude_none=True) for b in budgets])
         self._overrides[team] = tuple(budgets)
+        self._limits_minute = -1  # rebuild the limits with the new budgets
 
     def limits(self, team: str, key_digest: str, now: float) -> list[Limit]:
+        """The limits in force; every window boundary is a minute boundary, so they are built once a minute."""
+        minute = int(now // 60)
+        if minute != self._limits_minute:
+            self._limits_minute, self._limits_cache = minute, {}
+        hit = self._limits_cache.get((team, key_digest))
+        if hit is None:
+            hit = self._limits_cache[(team, key_digest)] = self._build_limits(team, key_digest, now)
+        return hit
+
+    def _build_limits(self, team: str, key_digest: str, now: float) -> list[Limit]:
         t = self._s.teams.get(team)
         k = self._keys.get(key_digest)
         return limits_for(
@@ -148,7 +164,7 @@ class Accountant:
         if not lims:
             return None
         lease = Lease(
-            uuid.uuid4().hex,
+            next(self._ids),
             tag(team),
             holds(lims, worst_tokens, worst_micro_usd),
             now + self._s.lease_seconds,
@@ -297,6 +313,12 @@ class Accountant:
                 out[f"x-ratelimit-remaining-{kind}"] = str(max(lim.limit - v.used - v.reserved, 0))
             out[f"x-ratelimit-reset-{kind}"] = go_duration(max(lim.window_end - now, 0.0))
         return out
+
+
+def ids(kind: str) -> Iterator[str]:
+    """Unique ids without a uuid4 per request: a random per-process prefix and a counter."""
+    prefix = f"{kind}{os.urandom(6).hex()}-"
+    return (f"{prefix}{n:x}" for n in itertools.count(1))
 
 
 def _reaped_record(lease: Lease) -> LedgerRecord:

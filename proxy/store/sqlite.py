@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 
@@ -74,6 +74,9 @@ class SqliteStore:
         self._con: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._last_purge = 0.0
+        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._draining = False
+        self._drainer: asyncio.Task[None] | None = None
 
     # plumbing
 
@@ -107,7 +110,66 @@ class SqliteStore:
         return result
 
     async def _write(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await self._run(self._tx, fn, *args)
+        """Group commit: writes that arrive while a batch is in the thread ride in the next batch.
+
+        Each write keeps its own atomicity (a savepoint inside the batch's single BEGIN IMMEDIATE
+        transaction), and its result is revealed only after the batch has committed. Under load this turns
+        N thread hops and N transactions into one of each.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((fn, args, fut))
+        if not self._draining:
+            self._draining = True
+            self._drainer = loop.create_task(self._drain())
+        return cast(_T, await fut)
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._run(self._tx_batch, [(fn, args) for fn, args, _ in batch])
+                except BaseException as e:  # the whole batch failed (store unavailable, or shutdown)
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e if isinstance(e, Exception) else StoreUnavailable(str(e)))
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for (_, _, fut), (ok, value) in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+        finally:
+            self._draining = False
+
+    def _tx_batch(self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+        con = self._db()
+        con.execute("BEGIN IMMEDIATE")
+        out: list[tuple[bool, Any]] = []
+        try:
+            for fn, args in ops:
+                if len(ops) == 1:
+                    out.append((True, fn(con, *args)))
+                    continue
+                con.execute("SAVEPOINT op")
+                try:
+                    out.append((True, fn(con, *args)))
+                    con.execute("RELEASE op")
+                except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, ValueError) as e:
+                    con.execute("ROLLBACK TO op")
+                    con.execute("RELEASE op")
+                    out.append((False, e))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return out
 
     # lifecycle
 
