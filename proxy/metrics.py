@@ -28,6 +28,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -198,6 +199,7 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=r,
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._preinitialise()
 
     def _preinitialise(self) -> None:
@@ -212,6 +214,14 @@ class Metrics:
                 self.trimmed.labels(team, model)
                 for token_type in TOKEN_TYPES:
                     self.tokens.labels(team, model, token_type)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised: labels are bounded, and the lookup is per request hot."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def team_label(self, team: str | None) -> str:
         if team is None:
@@ -238,25 +248,25 @@ class Metrics:
             model,
             team,
         )
-        self.requests.labels(team, model, o.outcome).inc()
-        self.duration.labels(*genai, _error_type(o.error_type)).observe(max(o.duration_s, 0.0))
-        self.overhead.labels(team, model).observe(max(o.overhead_s, 0.0))
+        self._child(self.requests, team, model, o.outcome).inc()
+        self._child(self.duration, *genai, _error_type(o.error_type)).observe(max(o.duration_s, 0.0))
+        self._child(self.overhead, team, model).observe(max(o.overhead_s, 0.0))
         if o.cost_micro_usd > 0:
-            self.spend.labels(team, model).inc(o.cost_micro_usd / 1e6)
+            self._child(self.spend, team, model).inc(o.cost_micro_usd / 1e6)
         self._record_tokens(o, team, model, genai)
         if o.stream and o.ttft_s is not None:
-            self.ttft.labels(*genai).observe(max(o.ttft_s, 0.0))
+            self._child(self.ttft, *genai).observe(max(o.ttft_s, 0.0))
             if o.output_tokens is not None and o.output_tokens > 1:
                 tpot = (o.duration_s - o.ttft_s) / (o.output_tokens - 1)
-                self.tpot.labels(*genai).observe(max(tpot, 0.0))
+                self._child(self.tpot, *genai).observe(max(tpot, 0.0))
         if o.parts:
             for part in PARTS:
                 if o.parts.get(part, 0) > 0:
-                    self.parts.labels(team, model, part).inc(o.parts[part])
+                    self._child(self.parts, team, model, part).inc(o.parts[part])
         if o.trimmed_tokens > 0:
-            self.trimmed.labels(team, model).inc(o.trimmed_tokens)
+            self._child(self.trimmed, team, model).inc(o.trimmed_tokens)
         if o.counted_input and o.reported_input is not None:
-            self.drift.labels(team, model).observe(o.reported_input / o.counted_input)
+            self._child(self.drift, team, model).observe(o.reported_input / o.counted_input)
 
     def _record_tokens(self, o: RequestOutcome, team: str, model: str, genai: tuple[str, ...]) -> None:
         by_type = {
@@ -267,11 +277,11 @@ class Metrics:
         }
         for token_type, n in by_type.items():
             if n is not None and n > 0:
-                self.tokens.labels(team, model, token_type).inc(n)
+                self._child(self.tokens, team, model, token_type).inc(n)
         if o.input_tokens is not None:
-            self.token_usage.labels(*genai, "input").observe(o.input_tokens)
+            self._child(self.token_usage, *genai, "input").observe(o.input_tokens)
         if o.output_tokens is not None:
-            self.token_usage.labels(*genai, "output").observe(o.output_tokens)
+            self._child(self.token_usage, *genai, "output").observe(o.output_tokens)
 
     def set_budget(self, team: str, window: str, unit: str, limit: float, used: float) -> None:
         """Publish one configured budget's current window; ``usd`` values are float dollars."""
