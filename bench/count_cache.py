@@ -28,9 +28,7 @@ VOCAB = (
 WORDS = VOCAB.split()
 
 
-def build_conversation(
-    turns: int = 50, tokens_per_message: int = 1000, seed: int = 7
-) -> list[dict[str, Any]]:
+def build_conversation(turns: int = 50, tokens_per_message: int = 1000, seed: int = 7) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a meticulous coding assistant."}]
     for turn in range(turns):
@@ -55,9 +53,7 @@ def main() -> None:
     body = orjson.dumps(build_conversation())
     conversation = orjson.loads(body)
     tokens = Counter().chat(conversation, None, model=args.model, encoding=None).tokens
-    print(
-        f"conversation: {len(conversation)} messages, {len(body):,} bytes, {tokens:,} tokens ({args.model})"
-    )
+    print(f"conversation: {len(conversation)} messages, {len(body):,} bytes, {tokens:,} tokens ({args.model})")
 
     firsts = []
     for _ in range(args.rounds):
