@@ -81,7 +81,7 @@ class SqliteStore:
         self._slow: list[list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]]] = []
         self._scheduled = False
         self._drainer: asyncio.Task[None] | None = None
-        self._fast: sqlite3.Connection | None = None  # the event loop's own, never-waiting connection
+        self._fast: _Connection | None = None  # the event loop's own, never-waiting connection
         self._commits = 0
 
     # plumbing
@@ -202,24 +202,49 @@ class SqliteStore:
     def _tx_batch(
         self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]], con: sqlite3.Connection | None = None
     ) -> list[tuple[bool, Any]]:
+        """Run ``ops`` in one BEGIN IMMEDIATE transaction; one op's own error fails that op only."""
         con = con or self._db()
-        con.execute("BEGIN IMMEDIATE")
-        out: list[tuple[bool, Any]] = []
         try:
+            return self._tx_ops(con, ops)
+        except _OpError:
+            pass  # an op failed mid-batch (a bug, not an outage): everything rolled back; run them one by one
+        out: list[tuple[bool, Any]] = []
+        for op in ops:
+            try:
+                out += self._tx_ops(con, [op])
+            except _OpError as e:
+                out.append((False, e.__cause__))
+        return out
+
+    @staticmethod
+    def _tx_ops(
+        con: sqlite3.Connection, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+    ) -> list[tuple[bool, Any]]:
+        fast = con if isinstance(con, _Connection) else None
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if fast is not None:
+                version = fast.execute("PRAGMA data_version").fetchone()[0]
+                if version != fast.version or len(fast.counters) > 50_000:
+                    fast.counters.clear()
+                    fast.version = version
+            out: list[tuple[bool, Any]] = []
             for fn, args in ops:
-                if len(ops) == 1:
-                    out.append((True, fn(con, *args)))
-                    continue
-                con.execute("SAVEPOINT op")
                 try:
                     out.append((True, fn(con, *args)))
-                    con.execute("RELEASE op")
                 except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, ValueError) as e:
-                    con.execute("ROLLBACK TO op")
-                    con.execute("RELEASE op")
-                    out.append((False, e))
+                    raise _OpError from e
+            if fast is not None and fast.dirty:  # counters written once per batch, however many ops touched them
+                fast.executemany(
+                    "INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?)", [(k, *fast.counters[k]) for k in fast.dirty]
+                )
+                fast.dirty.clear()
             con.execute("COMMIT")
         except BaseException:
+            if fast is not None:
+                fast.counters.clear()
+                fast.dirty.clear()
+                fast.leases.clear()
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
@@ -247,7 +272,10 @@ class SqliteStore:
             con.execute("PRAGMA synchronous = NORMAL")
             self._con = con
             self._tx(_create_schema)
-            fast = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
+            fast = sqlite3.connect(
+                self._path, timeout=0, isolation_level=None, check_same_thread=False, factory=_Connection
+            )
+            fast.counters, fast.dirty, fast.leases, fast.version = {}, set(), {}, None
             fast.execute("PRAGMA busy_timeout = 0")
             fast.execute("PRAGMA synchronous = NORMAL")
             fast.execute("PRAGMA wal_autocheckpoint = 0")
@@ -381,27 +409,67 @@ def _create_schema(con: sqlite3.Connection) -> None:
         raise RuntimeError(f"SQLite store schema version {row[0]} is newer than this quotagate ({SCHEMA_VERSION})")
 
 
+class _Connection(sqlite3.Connection):
+    """The event loop's connection, with its view of the counters it has read or written.
+
+    The view is only used inside a write transaction (the lock is held) and only while ``PRAGMA
+    data_version`` shows that no other connection (another worker process, or this store's own thread)
+    has committed since this one last did; otherwise it is dropped and the table is read again.
+    """
+
+    counters: dict[str, tuple[int, int, float]]
+    dirty: set[str]  # counters changed in the open transaction, written once before it commits
+    leases: dict[tuple[str, str], Lease]  # leases this connection created, to settle without re-reading them
+    version: int | None
+
+
+class _OpError(Exception):
+    """One operation of a batch raised (its cause): the batch is rolled back and retried op by op."""
+
+
 def _live_many(con: sqlite3.Connection, keys: Sequence[str], now: float) -> dict[str, tuple[int, int]]:
     """(used, reserved) of each counter, in one statement; missing or expired counters read as zero."""
     unique = list(dict.fromkeys(keys))
-    marks = ",".join("?" * len(unique))
-    rows = con.execute(f"SELECT key, used, reserved, expires_at FROM counters WHERE key IN ({marks})", unique)
     out = dict.fromkeys(unique, (0, 0))
-    for key, used, reserved, expires_at in rows:
-        if not is_expired(expires_at, now):
-            out[key] = (used, reserved)
+    cache = con.counters if isinstance(con, _Connection) else None
+    missing = unique
+    if cache is not None:
+        missing = []
+        for key in unique:
+            row = cache.get(key)
+            if row is None:
+                missing.append(key)
+            elif not is_expired(row[2], now):
+                out[key] = (row[0], row[1])
+    if missing:
+        marks = ",".join("?" * len(missing))
+        rows = con.execute(f"SELECT key, used, reserved, expires_at FROM counters WHERE key IN ({marks})", missing)
+        for key, used, reserved, expires_at in rows:
+            if cache is not None:
+                cache[key] = (used, reserved, expires_at)
+            if not is_expired(expires_at, now):
+                out[key] = (used, reserved)
+        if cache is not None:
+            for key in missing:
+                cache.setdefault(key, (0, 0, -1.0))  # known absent (reads as expired)
     return out
 
 
+def _put_many(con: sqlite3.Connection, rows: list[tuple[str, int, int, float]]) -> None:
+    if isinstance(con, _Connection):  # written behind, once per transaction
+        for key, used, reserved, expires_at in rows:
+            con.counters[key] = (used, reserved, expires_at)
+            con.dirty.add(key)
+        return
+    con.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?)", rows)
+
+
 def _live(con: sqlite3.Connection, key: str, now: float) -> tuple[int, int]:
-    row = con.execute("SELECT used, reserved, expires_at FROM counters WHERE key = ?", (key,)).fetchone()
-    if row is None or is_expired(row[2], now):
-        return 0, 0
-    return row[0], row[1]
+    return _live_many(con, [key], now)[key]
 
 
 def _put(con: sqlite3.Connection, key: str, used: int, reserved: int, expires_at: float) -> None:
-    con.execute("INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?)", (key, used, reserved, expires_at))
+    _put_many(con, [(key, used, reserved, expires_at)])
 
 
 def _reserve(con: sqlite3.Connection, lease: Lease, now: float) -> Denied | Admitted:
@@ -421,10 +489,7 @@ def _reserve(con: sqlite3.Connection, lease: Lease, now: float) -> Denied | Admi
     for key, extra in pending.items():
         used, reserved = state[key]
         values[key] = CounterValue(used, reserved + extra)
-    con.executemany(
-        "INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?)",
-        [(key, v.used, v.reserved, expires[key]) for key, v in values.items()],
-    )
+    _put_many(con, [(key, v.used, v.reserved, expires[key]) for key, v in values.items()])
     holds = [[h.key, h.limit, h.amount, h.expires_at, h.commit] for h in lease.holds]
     con.execute(
         "INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
@@ -436,6 +501,10 @@ def _reserve(con: sqlite3.Connection, lease: Lease, now: float) -> Denied | Admi
             orjson.dumps(dict(lease.meta)).decode(),
         ),
     )
+    if isinstance(con, _Connection):
+        if len(con.leases) > 100_000:  # leases reaped by another connection are never settled here
+            con.leases.clear()
+        con.leases[(lease.hash_tag, lease.id)] = lease
     return Admitted(values)
 
 
@@ -452,7 +521,7 @@ def _charge(con: sqlite3.Connection, holds: Sequence[Hold], charges: Mapping[str
             used += charges.get(hold.key, 0)
             charged.add(hold.key)
         rows[hold.key] = (used, max(0, reserved - hold.amount), hold.expires_at)
-    con.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?)", [(k, *v) for k, v in rows.items()])
+    _put_many(con, [(k, *v) for k, v in rows.items()])
 
 
 def _load_lease(row: tuple[Any, ...]) -> Lease:
@@ -467,6 +536,10 @@ def _load_lease(row: tuple[Any, ...]) -> Lease:
 
 
 def _take_lease(con: sqlite3.Connection, lease_id: str, hash_tag: str) -> Lease | None:
+    known = con.leases.pop((hash_tag, lease_id), None) if isinstance(con, _Connection) else None
+    if known is not None:  # created here: only its deletion tells whether it is still unsettled
+        deleted = con.execute("DELETE FROM leases WHERE hash_tag = ? AND id = ?", (hash_tag, lease_id)).rowcount
+        return known if deleted == 1 else None
     row = con.execute("DELETE FROM leases WHERE hash_tag = ? AND id = ? RETURNING *", (hash_tag, lease_id)).fetchone()
     return None if row is None else _load_lease(row)
 
