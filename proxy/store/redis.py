@@ -22,6 +22,7 @@ Leases have no TTL: an unsettled lease is charged by reap(), never silently drop
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +50,7 @@ LEDGER_KEY = "qg:ledger"
 
 _LEDGER_FIELDS = frozenset(f.name for f in dataclasses.fields(LedgerRecord))
 _SCRIPTS = ("reserve_v1", "settle_v1", "extend_v1", "reap_v1", "add_usage_v1", "revoke_key_v1", "ledger_v1")
+_PIPELINED = frozenset({"reserve_v1", "settle_v1"})  # the per-request scripts
 
 
 def counter_key(key: str) -> str:
@@ -75,6 +77,9 @@ class RedisStore:
     ) -> None:
         self._url = url
         self._where = url.split("@")[-1]  # never log the password
+        self._queue: list[tuple[str, Sequence[str], Sequence[str | int | bytes], asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self._senders: set[asyncio.Task[None]] = set()
         self._clock = clock
         self._socket_timeout = socket_timeout
         self._connect_timeout = connect_timeout
@@ -100,8 +105,72 @@ class RedisStore:
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
         if self._client is None:
             raise StoreUnavailable(f"Redis store at {self._where} is not open")
+        if name not in _PIPELINED:
+            return await self._call(name, keys, args)
+        # Every reserve/settle issued in one event-loop turn goes out in one pipeline: one round trip and
+        # one socket write for N scripts (each script is still atomic on its own).
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((name, keys, args, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._kick)
+        return await fut
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
         with self._guard():
             return await self._scripts[name](keys=list(keys), args=list(args))
+
+    def _kick(self) -> None:
+        self._scheduled = False
+        batch, self._queue = self._queue, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+
+    async def _send(
+        self, batch: list[tuple[str, Sequence[str], Sequence[str | int | bytes], asyncio.Future[Any]]]
+    ) -> None:
+        if len(batch) == 1:
+            name, keys, args, fut = batch[0]
+            try:
+                result = await self._call(name, keys, args)
+            except Exception as e:
+                if not fut.done():
+                    fut.set_exception(e)
+                return
+            if not fut.done():
+                fut.set_result(result)
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for name, keys, args, _ in batch:
+            pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+        try:
+            with self._guard():
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as e:
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        for (name, keys, args, fut), result in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, rexc.NoScriptError):  # a restarted Redis forgot the scripts: load and run
+                try:
+                    result = await self._call(name, keys, args)
+                except Exception as e:
+                    fut.set_exception(e)
+                    continue
+            if isinstance(result, Exception):
+                try:
+                    with self._guard():
+                        raise result
+                except Exception as mapped:
+                    fut.set_exception(mapped)
+                continue
+            fut.set_result(result)
 
     # lifecycle
 
@@ -123,6 +192,8 @@ class RedisStore:
         self._scripts = {name: self._client.register_script(_lua(name)) for name in _SCRIPTS}
 
     async def close(self) -> None:
+        if self._senders:
+            await asyncio.gather(*self._senders, return_exceptions=True)
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
