@@ -337,11 +337,8 @@ class RedisStore:
         if not records:
             return
         args: list[str | int | bytes] = []
-        for r in records:
-            fields = dataclasses.asdict(r)
-            args += [_ms(r.ts), len(fields)]
-            for name, value in fields.items():
-                args += [name, orjson.dumps(value)]
+        for r in records:  # one field per entry: the record as JSON (orjson encodes dataclasses natively)
+            args += [_ms(r.ts), 1, "r", orjson.dumps(r)]
         await self._script("ledger_v1", [LEDGER_KEY], args)
 
     async def _read_ledger(self, since: float, team: str | None) -> list[tuple[bytes, LedgerRecord]]:
@@ -392,7 +389,8 @@ def _key_record(sha256: str, raw: bytes) -> KeyRecord:
 
 
 def _ledger_record(fields: Mapping[bytes, bytes]) -> LedgerRecord:
-    values = {k.decode(): orjson.loads(v) for k, v in fields.items()}
+    whole = fields.get(b"r")
+    values = orjson.loads(whole) if whole is not None else {k.decode(): orjson.loads(v) for k, v in fields.items()}
     return LedgerRecord(**{k: v for k, v in values.items() if k in _LEDGER_FIELDS})
 
 
