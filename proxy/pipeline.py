@@ -95,6 +95,7 @@ class Trace:
     usage: Usage = field(default_factory=Usage)
     cost: int = 0
     upstream_s: float = 0.0  # time spent waiting on the provider (excluded from proxy overhead)
+    t_end: float | None = None  # when the last byte of the response was handed to the server
     ttft: float | None = None
     trimmed: int = 0
     seed: int | None = None
@@ -415,6 +416,7 @@ class Pipeline:
         await _respond(send, status, headers, body, trace.request_id)
 
     def _finish(self, trace: Trace, res: Reservation | None, price: Price | None) -> None:
+        trace.t_end = trace.t_end or time.perf_counter()  # duration as the client saw it, settlement excluded
         est = trace.estimate
         counted_in = est.tokens if est is not None else 0
         used = trace.usage.or_counted(counted_in, trace.counted_output or 0)
@@ -432,7 +434,7 @@ class Pipeline:
         if res is not None:
             await self.accountant.settle(res, used.total, trace.cost)
         self.ledger.append(_record(trace))
-        elapsed = time.perf_counter() - trace.t0
+        elapsed = (trace.t_end or time.perf_counter()) - trace.t0
         est = trace.estimate
         parts = est.parts if est is not None else None
         self.metrics.record(
@@ -489,7 +491,7 @@ def _record(t: Trace) -> LedgerRecord:
         output_tokens=t.usage.output,
         reasoning_tokens=t.usage.reasoning,
         cost_micro_usd=t.cost,
-        latency_ms=(time.perf_counter() - t.t0) * ms,
+        latency_ms=((t.t_end or time.perf_counter()) - t.t0) * ms,
         ttft_ms=t.ttft * ms if t.ttft is not None else None,
         trimmed_tokens=t.trimmed,
         estimated=est is not None and not est.exact,
