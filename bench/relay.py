@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         log_level="warning",
         backlog=4096,
+        proxy_headers=False,  # the same server settings as `quotagate serve`
+        server_header=False,
     )
     return 0
 
