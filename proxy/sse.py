@@ -34,15 +34,30 @@ def _data_of(event: bytes) -> bytes:
 
 
 class StreamTap:
-    __slots__ = ("_buf", "_payloads", "_strip", "fingerprint", "saw_done", "usage")
+    """Most events carry no usage: a run of complete events without ``"usage": {`` is passed on (or kept)
+    as one segment without being split; segments are only taken apart later, and only if the output has
+    to be counted because no usage arrived."""
+
+    __slots__ = ("_buf", "_done", "_payloads", "_segments", "_strip", "fingerprint", "usage")
 
     def __init__(self, *, strip_usage_chunk: bool) -> None:
         self._strip = strip_usage_chunk
         self._buf = b""
         self._payloads: list[bytes] = []
+        self._segments: list[bytes] = []  # complete events not yet read one by one
+        self._done = False
         self.usage: Usage | None = None
         self.fingerprint: str | None = None
-        self.saw_done = False
+
+    @property
+    def saw_done(self) -> bool:
+        self._read_segments()
+        return self._done
+
+    def _read_segments(self) -> None:
+        segments, self._segments = self._segments, []
+        for segment in segments:
+            self._scan(segment)
 
     def feed(self, chunk: bytes) -> bytes:
         """Take bytes from upstream; return the bytes to send to the client now.
@@ -50,16 +65,46 @@ class StreamTap:
         Without stripping, ``chunk`` is returned as is (events are only read); with stripping, only whole
         events are returned, byte for byte, minus the usage-only chunk.
         """
-        buf = self._buf + chunk
-        end = -1
-        for m in _BOUNDARY.finditer(buf):
-            end = m.end()
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            end = -1
+            for boundary in _BOUNDARY.finditer(buf):
+                end = boundary.end()
+        else:
+            end = buf.rfind(b"\n\n")
+            end = end + 2 if end >= 0 else -1
         if end < 0:
             self._buf = buf
             return b"" if self._strip else chunk
         complete, self._buf = buf[:end], buf[end:]
-        kept = self._scan(complete)
-        return kept if self._strip else chunk
+        m: re.Match[bytes] | None = _USAGE.search(complete)
+        if m is None:  # the common case: nothing to read now, nothing to drop
+            self._segments.append(complete)
+            return complete if self._strip else chunk
+        if b"\r" in complete:  # rare line endings: read every event
+            self._read_segments()
+            kept = self._scan(complete)
+            return kept if self._strip else chunk
+        # Only the event that carries the usage is read now; the events around it stay one segment each.
+        out: list[bytes] = []
+        pos = 0
+        while m is not None:
+            start = complete.rfind(b"\n\n", pos, m.start())
+            start = pos if start < 0 else start + 2
+            end = complete.find(b"\n\n", m.end())
+            end = len(complete) if end < 0 else end + 2
+            if start > pos:
+                self._segments.append(complete[pos:start])
+                out.append(complete[pos:start])
+            self._read_segments()
+            if self._event(complete[start:end]):
+                out.append(complete[start:end])
+            pos = end
+            m = _USAGE.search(complete, pos)
+        if pos < len(complete):
+            self._segments.append(complete[pos:])
+            out.append(complete[pos:])
+        return b"".join(out) if self._strip else chunk
 
     def finish(self) -> bytes:
         """The stream ended: the unterminated last event, if any, is read and (when stripping) passed on.
@@ -69,6 +114,7 @@ class StreamTap:
         rest, self._buf = self._buf, b""
         if not rest.strip():
             return rest if self._strip else b""
+        self._read_segments()
         keep = self._event(rest)
         return rest if self._strip and keep else b""
 
@@ -85,7 +131,7 @@ class StreamTap:
         """Read one event; False when it is the usage-only chunk to drop."""
         data = _data_of(event)
         if data == b"[DONE]":
-            self.saw_done = True
+            self._done = True
         elif data:
             self._payloads.append(data)
             if _USAGE.search(data) and self._take_usage(data):
@@ -109,6 +155,7 @@ class StreamTap:
 
     def output_text(self) -> str:
         """All generated text seen so far (content, reasoning, tool-call names and arguments)."""
+        self._read_segments()
         parts: list[str] = []
         for payload in self._payloads:
             obj = _loads(payload)
