@@ -34,6 +34,17 @@ def _masked(key: str) -> str:
     return f"{key[:3]}***{key[-3:]}" if len(key) > 8 else "***"
 
 
+def key_from_headers(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's key from raw ASGI headers: ``Authorization: Bearer`` or Azure-style ``api-key``."""
+    auth = api_key = None
+    for k, v in headers:
+        if k == b"authorization":
+            auth = v.decode("latin-1")
+        elif k == b"api-key":
+            api_key = v.decode("latin-1")
+    return bearer(auth, api_key)
+
+
 def bearer(authorization: str | None, api_key_header: str | None) -> str:
     if authorization:
         scheme, _, token = authorization.partition(" ")

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from . import policy
-from .auth import KeyRing, bearer
+from .auth import KeyRing, key_from_headers
 from .count import Counter, Estimate
 from .errors import (
     AuthenticationError,
@@ -144,14 +144,7 @@ class Pipeline:
     async def _admit(
         self, scope: Scope, receive: Receive, trace: Trace
     ) -> tuple[ParsedRequest, ModelSettings, Price, Reservation | None, dict[str, str]]:
-        headers = scope["headers"]
-        auth = api_key = None
-        for k, v in headers:
-            if k == b"authorization":
-                auth = v.decode("latin-1")
-            elif k == b"api-key":
-                api_key = v.decode("latin-1")
-        principal = await self.keyring.authenticate(bearer(auth, api_key))
+        principal = await self.keyring.authenticate(key_from_headers(scope["headers"]))
         trace.team, trace.key_name = principal.team, principal.key_name
         raw = await _read_body(receive, self.s.max_body_bytes)
         req = parse(trace.endpoint, raw)

@@ -10,7 +10,7 @@ import orjson
 
 from .admin import admin_app, usage_payload
 from .app import Gateway
-from .auth import bearer
+from .auth import key_from_headers
 from .errors import NotFound, ProxyError, StoreUnavailable, render
 from .parse import ENDPOINTS
 from .pipeline import Receive, Scope, Send, _respond
@@ -71,11 +71,7 @@ class Router:
         await self._error(send, NotFound(f"Invalid URL ({method} {path})", code="unknown_url"))
 
     async def _principal_team(self, scope: Scope) -> str:
-        headers = dict(scope["headers"])
-        auth = headers.get(b"authorization")
-        api_key = headers.get(b"api-key")
-        key = bearer(auth.decode("latin-1") if auth else None, api_key.decode("latin-1") if api_key else None)
-        return (await self.gw.keyring.authenticate(key)).team
+        return (await self.gw.keyring.authenticate(key_from_headers(scope["headers"]))).team
 
     async def _models(self, scope: Scope) -> dict[str, Any]:
         team_name = await self._principal_team(scope)

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,18 +51,12 @@ class Proc:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.args} exited with {self.popen.returncode}; log: {self.read_log()}")
-            try:
-                if httpx.get(self.url + self.health, timeout=0.5).status_code < 500:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"{self.args} did not become healthy; log: {self.read_log()}")
+        try:
+            wait_ready(self.popen, self.url + self.health, timeout, self.read_log)
+        except RuntimeError:
+            self.kill()
+            raise
+        return self
 
     def read_log(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log and self.log.exists() else ""
@@ -83,6 +77,23 @@ class Proc:
         if self.popen is not None and self.popen.poll() is None:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(10)
+
+
+def wait_ready(
+    popen: subprocess.Popen[bytes], url: str, timeout: float, log: Callable[[], str], *, ok: int = 500
+) -> None:
+    """Poll ``url`` until it answers below ``ok``; fail at once if the process exits, or at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise RuntimeError(f"{popen.args} exited with {popen.returncode}; log: {log()}")
+        try:
+            if httpx.get(url, timeout=0.5).status_code < ok:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{popen.args} did not become ready at {url}; log: {log()}")
 
 
 def start_mock(tmp: Path, *extra: str, port: int | None = None) -> Proc:

@@ -30,7 +30,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import promtool
-from tests.gateway import Proc, base_config, free_port, start_gateway, start_mock
+from tests.gateway import Proc, base_config, free_port, start_gateway, start_mock, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"
@@ -145,18 +145,12 @@ def start_prometheus(tmp: Path, target: str) -> Prometheus:
         start_new_session=True,
     )
     prom = Prometheus(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prometheus exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(prom.url + "/-/ready", timeout=0.5).status_code == 200:
-                return prom
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"prometheus did not become ready: {log.read_text()[-3000:]}")
+    try:
+        wait_ready(proc, prom.url + "/-/ready", 30, lambda: log.read_text()[-3000:], ok=201)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return prom
 
 
 # ------------------------------------------------------------------------------------------------- load
