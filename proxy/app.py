@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from .auth import KeyRing
 from .count import Counter
+from .errors import StoreUnavailable
 from .ledger import Ledger
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -77,7 +78,6 @@ class Gateway:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         self.background.append(asyncio.create_task(self.accountant.run(), name="quotagate-accounting"))
-        self.background.append(asyncio.create_task(self._budget_gauges(), name="quotagate-budget-gauges"))
 
     async def stop(self) -> None:
         if self.tasks:
@@ -94,15 +94,20 @@ class Gateway:
         await self.local.close()
         await self.store.close()
 
-    async def _budget_gauges(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                for team in self.settings.teams:
-                    for b in await self.accountant.budget_status(team):
-                        if b["scope"] == "team":
-                            scale = 1e6 if b["unit"] == "usd" else 1
-                            self.metrics.set_budget(team, b["window"], b["unit"], b["limit"] / scale, b["used"] / scale)
-            await asyncio.sleep(5)
+    async def scrape(self) -> tuple[bytes, str]:
+        """The /metrics body: budget gauges read from the store now (one round trip), then every metric."""
+        try:
+            samples = await self.accountant.budget_samples()
+        except StoreUnavailable as e:
+            log.warning("budget gauges left out of this scrape: %s", e)
+            self.metrics.set_budgets(())
+        else:
+            self.metrics.set_budgets(
+                (b.team, b.window, b.unit, b.limit / d, b.used / d, b.reserved / d)
+                for b in samples
+                for d in (1e6 if b.unit == "usd" else 1.0,)  # gauges in dollars, as the dashboards read them
+            )
+        return self.metrics.render()
 
 
 async def _safe_list_keys(store: Store) -> list[Any]:

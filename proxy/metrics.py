@@ -18,14 +18,15 @@ come from fixed sets. No key, user or request id is ever a label.
 
 Under ``uvicorn --workers N`` prometheus_client's multiprocess mode is used: ``prepare_multiprocess_dir``
 runs in the parent before workers start, each worker writes its own mmap files, counters and histograms
-are summed at scrape time and the budget gauges report the most recently set value of any worker.
+are summed at scrape time. Budget gauges are not kept per worker at all: the scraping process reads every
+team budget from the shared store when it is scraped, so they agree with ``/v1/usage`` at once.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from prometheus_client import (
     values,
 )
 from prometheus_client import multiprocess as _mp
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The classic text format every Prometheus 2.x/3.x scrapes; all our names are legacy-valid, so the body is
@@ -184,21 +187,11 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
-        # Budget state lives in the shared store, so whichever worker set it last is right.
-        self.budget_limit = Gauge(
-            "quotagate_budget_limit",
-            "Configured budget for the current window (unit tokens or usd).",
-            ["team", "window", "unit"],
-            multiprocess_mode="mostrecent",
-            registry=r,
-        )
-        self.budget_used = Gauge(
-            "quotagate_budget_used",
-            "Budget used in the current window (unit tokens or usd).",
-            ["team", "window", "unit"],
-            multiprocess_mode="mostrecent",
-            registry=r,
-        )
+        # Budget state lives in the shared store: the scraping process reads it at scrape time (one store
+        # round trip, see Gateway.scrape), so the gauges never lag and no worker's stale value wins.
+        self._budgets = _BudgetCollector()
+        if self._multiproc_dir is None:
+            r.register(self._budgets)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._preinitialise()
 
@@ -283,13 +276,17 @@ class Metrics:
         if o.output_tokens is not None:
             self._child(self.token_usage, *genai, "output").observe(o.output_tokens)
 
-    def set_budget(self, team: str, window: str, unit: str, limit: float, used: float) -> None:
-        """Publish one configured budget's current window; ``usd`` values are float dollars."""
+    def set_budget(self, team: str, window: str, unit: str, limit: float, used: float, reserved: float = 0.0) -> None:
+        """Publish one team budget's current window; ``usd`` values are float dollars."""
         if unit not in UNITS:
             raise ValueError(f"unknown budget unit {unit!r}; expected tokens or usd")
-        label = self.team_label(team)
-        self.budget_limit.labels(label, window, unit).set(limit)
-        self.budget_used.labels(label, window, unit).set(used)
+        self._budgets.put((self.team_label(team), window, unit), (limit, used, reserved))
+
+    def set_budgets(self, samples: Iterable[tuple[str, str, str, float, float, float]]) -> None:
+        """Replace every budget series with (team, window, unit, limit, used, reserved) read just now."""
+        self._budgets.clear()
+        for team, window, unit, limit, used, reserved in samples:
+            self.set_budget(team, window, unit, limit, used, reserved)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type; all workers' values in multiprocess mode."""
@@ -297,7 +294,42 @@ class Metrics:
             return generate_latest(self._registry), CONTENT_TYPE_TEXT
         merged = CollectorRegistry()
         _mp.MultiProcessCollector(merged, path=self._multiproc_dir)  # type: ignore[no-untyped-call]
+        merged.register(self._budgets)
         return generate_latest(merged), CONTENT_TYPE_TEXT
+
+
+class _BudgetCollector(Collector):
+    """quotagate_budget_{limit,used,reserved}: values set right before the scrape, never merged across
+    workers (each scrape reads the shared store itself)."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+
+    def put(self, labels: tuple[str, str, str], values: tuple[float, float, float]) -> None:
+        self._values[labels] = values
+
+    def clear(self) -> None:
+        self._values = {}
+
+    def collect(self) -> Iterable[Metric]:
+        names = ("team", "window", "unit")
+        families = (
+            GaugeMetricFamily(
+                "quotagate_budget_limit", "Configured budget for the current window (unit tokens or usd).", labels=names
+            ),
+            GaugeMetricFamily(
+                "quotagate_budget_used", "Budget used in the current window (unit tokens or usd).", labels=names
+            ),
+            GaugeMetricFamily(
+                "quotagate_budget_reserved",
+                "Budget held by requests in flight in the current window (unit tokens or usd).",
+                labels=names,
+            ),
+        )
+        for labels, triple in sorted(self._values.items()):
+            for family, v in zip(families, triple, strict=True):
+                family.add_metric(list(labels), v)
+        return families
 
 
 def _error_type(error_type: str | None) -> str:

@@ -40,7 +40,7 @@ from .ledger import Ledger
 from .metrics import Metrics, RequestOutcome
 from .parse import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, ParsedRequest, parse
 from .pricing import Price, price_of
-from .settings import ModelSettings, Settings
+from .settings import BudgetSettings, ModelSettings, Settings
 from .settle import Accountant, Reservation, ids
 from .sse import StreamTap, body_output_text, read_body
 from .store.base import LedgerRecord
@@ -153,7 +153,7 @@ class Pipeline:
         model = policy.check_model(self.s, team, req.model)
         trace.configured = True
         extra: dict[str, str] = {}
-        downgrade = await self._downgrade(principal.team, principal.digest, req.model)
+        downgrade = self._downgrade(principal.team, principal.digest, req.model)
         if downgrade is not None:
             extra["x-quotagate-downgraded-from"] = req.model
             req.model = downgrade
@@ -224,16 +224,15 @@ class Pipeline:
             extra.update(res.headers)
         return req, model, price, res, extra
 
-    async def _downgrade(self, team: str, digest: str, model: str) -> str | None:
-        """The cheaper model to serve with, once a budget with ``downgrade_to`` is past its ``warn_at``."""
-        for budget, used in await self.accountant.downgrade_fractions(team, digest):
-            target = budget.downgrade_to
-            if target is None or target == model or budget.warn_at is None or used < budget.warn_at:
-                continue
-            t = self.s.teams.get(team)
-            if t is None or t.models is None or target in t.models:
-                return target
-        return None
+    def _downgrade(self, team: str, digest: str, model: str, budget: BudgetSettings | None = None) -> str | None:
+        """The cheaper model to serve with: ``budget``'s (a budget past ``warn_at``, or the one that refused the
+        reservation), else that of the first budget with ``downgrade_to`` this process last saw past ``warn_at``."""
+        budget = budget or self.accountant.downgrade_target(team, digest, model)
+        target = budget.downgrade_to if budget is not None else None
+        if target is None or target == model:
+            return None
+        t = self.s.teams.get(team)
+        return target if t is None or t.models is None or target in t.models else None
 
     async def _count(self, req: ParsedRequest, model: ModelSettings) -> Estimate:
         name = model.upstream_model or req.model

@@ -64,7 +64,7 @@ class Router:
                 await self.gw.store.ping()
                 return await self._json(send, {"status": "ready", "store": self.gw.settings.store.split(":")[0]})
             if method == "GET" and path == "/metrics":
-                body, ctype = self.gw.metrics.render()
+                body, ctype = await self.gw.scrape()
                 return await _respond(send, 200, {"content-type": ctype}, body, "")
         except ProxyError as err:
             return await self._error(send, err)

@@ -161,6 +161,7 @@ class Settings(_Frozen):
     lease_seconds: float = Field(default=900.0, gt=0)
     ledger_flush_seconds: float = Field(default=0.2, gt=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    overrides_refresh_seconds: float = Field(default=1.0, gt=0, le=60)  # runtime budget overrides, re-read
     providers: dict[str, ProviderSettings]
     models: dict[str, ModelSettings]
     teams: dict[str, TeamSettings] = Field(default_factory=dict)

@@ -43,6 +43,19 @@ class Reservation:
     limits: tuple[Limit, ...]
     local: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    past_warn: BudgetSettings | None = None  # a budget with downgrade_to whose used share, per this answer, >= warn_at
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSample:
+    """One team budget's current window, read from the store at scrape time (``usd`` in micro-USD)."""
+
+    team: str
+    window: str
+    unit: str
+    limit: int
+    used: int
+    reserved: int
 
 
 class Accountant:
@@ -64,7 +77,10 @@ class Accountant:
         self._overrides: dict[str, tuple[BudgetSettings, ...]] = {}
         self._pending_usage: list[tuple[str, dict[str, int], dict[str, float]]] = []
         self._pending_settles: list[tuple[str, str, dict[str, int]]] = []
-        self._fractions: dict[str, tuple[float, list[tuple[BudgetSettings, float]]]] = {}
+        # counter key -> committed usage last seen in a reserve answer (plus what this process settled since):
+        # the downgrade decision reads it without a store round trip, per (team, key) by construction
+        self._seen_used: dict[str, int] = {}
+        self._overrides_due = 0.0
         self.tags: set[str] = {tag(t) for t in settings.teams}
         self._ids = ids("l-")
         self._limits_minute = -1
@@ -77,10 +93,17 @@ class Accountant:
         t = self._s.teams.get(team)
         return t.budgets if t is not None else ()
 
-    async def load_overrides(self) -> None:
+    async def load_overrides(self) -> bool:
+        """Read the runtime overrides every process shares; True when they changed since the last read."""
         raw = await self._store.get_overrides()
-        self._overrides = {t: tuple(BudgetSettings.model_validate(b) for b in bs) for t, bs in raw.items()}
-        self._limits_minute = -1
+        fresh = {t: tuple(BudgetSettings.model_validate(b) for b in bs) for t, bs in raw.items()}
+        if fresh == self._overrides:
+            return False
+        changed = sorted(t for t in fresh.keys() | self._overrides.keys() if fresh.get(t) != self._overrides.get(t))
+        self._overrides = fresh
+        self._limits_minute = -1  # rebuild the limits with the new budgets
+        log.info("budget overrides in force for teams %s", ", ".join(changed))
+        return True
 
     async def set_override(self, team: str, budgets: Sequence[BudgetSettings]) -> None:
         await self._store.set_override(team, [b.model_dump(mode="json", exclude_none=True) for b in budgets])
@@ -110,19 +133,47 @@ class Accountant:
             now,
         )
 
-    async def downgrade_fractions(self, team: str, key_digest: str) -> list[tuple[BudgetSettings, float]]:
-        """Used share of each budget that has ``downgrade_to``; cached for a second per team."""
+    def downgrade_target(self, team: str, key_digest: str, model: str) -> BudgetSettings | None:
+        """The first budget with ``downgrade_to`` (another model than ``model``) whose used share, as last
+        seen by this process (reserve answers and its own settlements), is at or past ``warn_at``. No I/O."""
         now = self._clock()
-        hit = self._fractions.get(team)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        watched = [lim for lim in self.limits(team, key_digest, now) if lim.budget and lim.budget.downgrade_to]
-        try:
-            values = await self._store.counters([lim.key for lim in watched]) if watched else {}
-        except StoreUnavailable:
-            return []  # no downgrade decision without the store; reserve() then applies on_store_error
-        out = [(lim.budget, values.get(lim.key, CounterValue()).used / lim.limit) for lim in watched if lim.budget]
-        self._fractions[team] = (now + 1.0, out)
+        for lim in self.limits(team, key_digest, now):
+            b = lim.budget
+            if b is None or b.downgrade_to is None or b.downgrade_to == model or b.warn_at is None:
+                continue
+            if self._seen_used.get(lim.key, 0) >= b.warn_at * lim.limit:
+                return b
+        return None
+
+    def _observe(self, lims: Sequence[Limit], admitted: Admitted, model: str) -> BudgetSettings | None:
+        """Remember committed usage from a reserve answer; the budget past ``warn_at`` it shows, if any."""
+        past: BudgetSettings | None = None
+        for lim in lims:
+            b = lim.budget
+            v = admitted.values.get(lim.key)
+            if b is None or b.downgrade_to is None or v is None:
+                continue
+            self._seen_used[lim.key] = v.used
+            if past is None and b.downgrade_to != model and b.warn_at is not None and v.used >= b.warn_at * lim.limit:
+                past = b
+        if len(self._seen_used) > 100_000:  # window keys roll over; drop the old ones wholesale
+            self._seen_used.clear()
+        return past
+
+    async def budget_samples(self) -> list[BudgetSample]:
+        """Every configured team's budgets in their current window, in one store round trip (for /metrics)."""
+        now = self._clock()
+        lims = [
+            (team, lim)
+            for team in self._s.teams
+            for lim in self.limits(team, "", now)
+            if lim.budget is not None and lim.scope == "team"
+        ]
+        values = await self._store.counters([lim.key for _, lim in lims]) if lims else {}
+        out: list[BudgetSample] = []
+        for team, lim in lims:
+            v = values.get(lim.key, CounterValue())
+            out.append(BudgetSample(team, lim.window or "", lim.unit, lim.limit, v.used, v.reserved))
         return out
 
     async def budget_status(self, team: str, key_digest: str = "") -> list[dict[str, Any]]:
@@ -185,7 +236,8 @@ class Accountant:
             local = True
         if isinstance(result, Denied):
             raise self._denial(team, model, lims, result, now)
-        return Reservation(lease.id, lease.hash_tag, tuple(lims), local, self._headers(lims, result, now))
+        past = self._observe(lims, result, model)
+        return Reservation(lease.id, lease.hash_tag, tuple(lims), local, self._headers(lims, result, now), past)
 
     async def settle(self, res: Reservation, tokens: int, micro_usd: int) -> None:
         ch = charges(res.limits, tokens, micro_usd)
@@ -193,6 +245,20 @@ class Accountant:
             await self._local.settle(res.lease_id, res.hash_tag, ch)
             expires = {lim.key: lim.hold(0).expires_at for lim in res.limits}
             self._pending_usage.append((res.hash_tag, {k: v for k, v in ch.items() if v}, expires))
+            return
+        for key, amount in ch.items():
+            if amount and key in self._seen_used:
+                self._seen_used[key] += amount
+        try:
+            await self._store.settle(res.lease_id, res.hash_tag, ch)
+        except StoreUnavailable:
+            self._pending_settles.append((res.lease_id, res.hash_tag, ch))
+
+    async def release(self, res: Reservation) -> None:
+        """Give a reservation back unused (nothing is charged), e.g. to reserve again for a cheaper model."""
+        ch = dict.fromkeys((lim.key for lim in res.limits), 0)
+        if res.local:
+            await self._local.settle(res.lease_id, res.hash_tag, ch)
             return
         try:
             await self._store.settle(res.lease_id, res.hash_tag, ch)
@@ -236,12 +302,19 @@ class Accountant:
         return n
 
     async def run(self, interval: float = 1.0) -> None:
+        """Background: replay what could not be written, refresh overrides set by any process, reap."""
         reap_every = max(1.0, min(30.0, self._s.lease_seconds / 10))
+        refresh_every = self._s.overrides_refresh_seconds
+        interval = min(interval, refresh_every)
         next_reap = 0.0
+        next_refresh = time.monotonic() + refresh_every
         while True:
             try:
                 if self.pending:
                     await self.reconcile()
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + refresh_every
+                    await self.load_overrides()
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + reap_every
                     await self.reap()
@@ -269,6 +342,7 @@ class Accountant:
                 f"request: used {amount(d.used)}, held by requests in flight {amount(d.reserved)}, this request "
                 f"needs up to {amount(asked)}. The budget renews in {go_duration(wait)}.",
                 headers=headers,
+                downgrade_to=lim.budget.downgrade_to,
             )
         if lim.unit == "concurrent":
             return RateLimited(

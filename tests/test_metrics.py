@@ -259,7 +259,9 @@ def _worker(requests: int, used: float) -> None:
 
 
 def _render(out: str) -> None:
-    body, _ = Metrics(teams=TEAMS, models=MODELS).render()
+    m = Metrics(teams=TEAMS, models=MODELS)
+    m.set_budgets([("alpha", "month", "usd", 100.0, 12.5, 0.5)])  # read from the store by the scraping process
+    body, _ = m.render()
     Path(out).write_bytes(body)
 
 
@@ -302,13 +304,16 @@ def test_multiprocess_render_sums_workers(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert get("quotagate_spend_usd_total", team="alpha", model="gpt-4o") == pytest.approx(8 * 1.234567)
     assert get("gen_ai_server_time_per_output_token_seconds_count", **GENAI) == 8
     assert get("gen_ai_client_operation_duration_seconds_bucket", **GENAI, error_type="", le="2.56") == 8
+    # budget gauges are the scraping process's own reading, never a worker's stale value (10.0 above)
     assert get("quotagate_budget_used", team="alpha", window="month", unit="usd") == 12.5
     assert get("quotagate_budget_limit", team="alpha", window="month", unit="usd") == 100.0
+    assert get("quotagate_budget_reserved", team="alpha", window="month", unit="usd") == 0.5
+    assert len([k for k in samples if k[0] == "quotagate_budget_used"]) == 1
     assert not any("pid" in dict(labels) for _, labels in samples)
     result = promtool.run("check", "metrics", stdin=body)
     assert result.returncode == 0, result.stdout + result.stderr
 
-    # Dead workers' mostrecent gauges stay (budget state is global); marking a pid dead is harmless.
+    # Marking a pid dead is harmless; the workers' counter files stay to be summed.
     monkeypatch.setenv(MULTIPROC_ENV, str(mp_dir))
     mark_process_dead(os.getpid())
     assert len(list(mp_dir.glob("*.db"))) >= 2
