@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from . import policy
-from .auth import KeyRing, key_from_headers
+from .auth import KeyRing, Principal, key_from_headers
 from .count import Counter, Estimate
 from .errors import (
     AuthenticationError,
@@ -40,7 +40,7 @@ from .ledger import Ledger
 from .metrics import Metrics, RequestOutcome
 from .parse import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, ParsedRequest, parse
 from .pricing import Price, price_of
-from .settings import BudgetSettings, ModelSettings, Settings
+from .settings import ModelSettings, Settings, TeamSettings
 from .settle import Accountant, Reservation, ids
 from .sse import StreamTap, body_output_text, read_body
 from .store.base import LedgerRecord
@@ -150,25 +150,61 @@ class Pipeline:
         req = parse(trace.endpoint, raw)
         trace.model, trace.stream = req.model, req.stream
         team = self.s.teams.get(principal.team)
-        model = policy.check_model(self.s, team, req.model)
+        policy.check_model(self.s, team, req.model)
         trace.configured = True
         extra: dict[str, str] = {}
-        downgrade = self._downgrade(principal.team, principal.digest, req.model)
+        requested = req.model
+        downgrade = self._downgrade(principal.team, principal.digest, requested)
+        try:
+            model, price, res = await self._reserve_for(
+                downgrade or requested, requested, principal, team, req, trace, extra
+            )
+        except BudgetExceeded as refused:  # a budget with downgrade_to refused: the cheaper model may still fit
+            cheaper = refused.downgrade_to
+            downgrade = self._downgrade(principal.team, "", requested, cheaper) if cheaper and not downgrade else None
+            if downgrade is None:
+                raise
+            model, price, res = await self._reserve_for(downgrade, requested, principal, team, req, trace, extra)
+        else:  # the reserve's own answer shows a budget past warn_at (another process used it): swap models
+            past = res.past_warn if res is not None and downgrade is None else None
+            downgrade = self._downgrade(principal.team, "", requested, past.downgrade_to) if past else None
+            if res is not None and downgrade is not None:
+                await self.accountant.release(res)
+                model, price, res = await self._reserve_for(downgrade, requested, principal, team, req, trace, extra)
+        if res is not None:
+            extra.update(res.headers)
+        return req, model, price, res, extra
+
+    async def _reserve_for(
+        self,
+        name: str,
+        requested: str,
+        principal: Principal,
+        team: TeamSettings | None,
+        req: ParsedRequest,
+        trace: Trace,
+        extra: dict[str, str],
+    ) -> tuple[ModelSettings, Price, Reservation | None]:
+        """Count, apply the team's caps and reserve the worst case for serving ``req`` with model ``name``."""
+        model = self.s.models[name]
+        downgrade = name if name != requested else None
+        req.model = trace.model = name
+        trace.trimmed = 0
+        extra.pop("x-quotagate-trimmed-tokens", None)
+        extra.pop("x-quotagate-downgraded-from", None)
         if downgrade is not None:
-            extra["x-quotagate-downgraded-from"] = req.model
-            req.model = downgrade
-            model = self.s.models[downgrade]
-            trace.model = downgrade
+            extra["x-quotagate-downgraded-from"] = requested
         trace.provider = model.provider
         trace.upstream_model = model.upstream_model or req.model
-        est = await self._count(req, model)
+        est = await self._count(req, model, team)
         tokens = est.tokens
         if req.endpoint is CHAT:
+            messages = req.body.get("messages")
             kept, tokens, trimmed = policy.enforce_context(
                 principal.team,
                 team,
                 tokens,
-                req.body["messages"],
+                messages if isinstance(messages, list) else None,  # only an array can be trimmed
                 lambda msgs: self._count_messages(req, model, msgs),
             )
             if kept is not None:
@@ -179,7 +215,7 @@ class Pipeline:
                 trace.trimmed = trimmed
                 extra["x-quotagate-trimmed-tokens"] = str(trimmed)
         else:
-            policy.enforce_context(principal.team, team, tokens, None, lambda m: 0)
+            policy.enforce_context(principal.team, team, tokens, None, lambda m: 0, param=req.endpoint.prompt_field)
         trace.estimate = est
         cap = policy.output_cap(
             req.requested_cap if req.endpoint.has_output else 0,
@@ -220,37 +256,36 @@ class Pipeline:
                 "worst_micro_usd": worst_usd,
             },
         )
-        if res is not None:
-            extra.update(res.headers)
-        return req, model, price, res, extra
+        return model, price, res
 
-    def _downgrade(self, team: str, digest: str, model: str, budget: BudgetSettings | None = None) -> str | None:
-        """The cheaper model to serve with: ``budget``'s (a budget past ``warn_at``, or the one that refused the
-        reservation), else that of the first budget with ``downgrade_to`` this process last saw past ``warn_at``."""
-        budget = budget or self.accountant.downgrade_target(team, digest, model)
-        target = budget.downgrade_to if budget is not None else None
+    def _downgrade(self, team: str, digest: str, model: str, target: str | None = None) -> str | None:
+        """The cheaper model to serve with: ``target`` (the downgrade of a budget past ``warn_at``, or of the
+        one that refused the reservation), else that of the first budget with ``downgrade_to`` this process
+        last saw past ``warn_at``; only a model the team may use."""
+        if target is None:
+            budget = self.accountant.downgrade_target(team, digest, model)
+            target = budget.downgrade_to if budget is not None else None
         if target is None or target == model:
             return None
         t = self.s.teams.get(team)
         return target if t is None or t.models is None or target in t.models else None
 
-    async def _count(self, req: ParsedRequest, model: ModelSettings) -> Estimate:
-        name = model.upstream_model or req.model
+    async def _count(self, req: ParsedRequest, model: ModelSettings, team: TeamSettings | None) -> Estimate:
+        """Whatever the body holds is counted (odd shapes as their JSON text, inexact); input out of sight
+        (stored context, no prompt field) is reserved up to the policy's bound and settled from usage."""
+        name, enc = model.upstream_model or req.model, model.encoding
         b = req.body
         if req.endpoint is CHAT:
-            return await self.counter.achat(b["messages"], b.get("tools"), model=name, encoding=model.encoding)
-        if req.endpoint is RESPONSES:
-            instructions = b.get("instructions")
-            return await self.counter.aresponses(
-                b["input"],
-                instructions if isinstance(instructions, str) else None,
-                b.get("tools"),
-                model=name,
-                encoding=model.encoding,
+            est = await self.counter.achat(b.get("messages"), b.get("tools"), model=name, encoding=enc)
+        elif req.endpoint is RESPONSES:
+            est = await self.counter.aresponses(
+                b.get("input"), b.get("instructions"), b.get("tools"), model=name, encoding=enc
             )
-        if req.endpoint is EMBEDDINGS:
-            return await self.counter.aembeddings(b["input"], model=name, encoding=model.encoding)
-        return await self.counter.acompletion(b["prompt"], model=name, encoding=model.encoding)
+        elif req.endpoint is EMBEDDINGS:
+            est = await self.counter.aembeddings(b.get("input"), model=name, encoding=enc)
+        else:
+            est = await self.counter.acompletion(b.get("prompt"), model=name, encoding=enc)
+        return est.with_unseen(policy.unseen_input_bound(team, model)) if req.unseen_input else est
 
     def _count_messages(self, req: ParsedRequest, model: ModelSettings, messages: list[Any]) -> int:
         name = model.upstream_model or req.model
