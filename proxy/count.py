@@ -17,6 +17,11 @@ Rules (conventions.md section 4):
 * Responses API: same overhead rule; exact only for plain message items (instructions, string input,
   messages with text parts) -- function calls, their outputs, reasoning and other items are estimates.
 * Completions / embeddings: plain token counts, token-id arrays count their length.
+* Shapes the API does not define (``tools: 42``, a message that is a string, ``instructions`` that are
+  not text...) are counted as their JSON text and make the estimate inexact: the provider decides
+  whether the request is valid; quotagate only needs a number to reserve.
+* Input out of sight (no prompt field, a stored conversation): ``Estimate.with_unseen`` reserves up to
+  a bound the policy picks, inexact; settlement then takes the provider's usage.
 * Unknown tokenizer (no configured encoding and none inferable from the model name, or an encoding that
   is not bundled): counted with o200k_base and marked ``exact=False`` -- a real BPE count is a closer
   guess for modern tokenizers than chars/4, and it shares cache entries with o200k models.
@@ -34,7 +39,7 @@ import math
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +69,7 @@ Counted = tuple[int, bool]  # (tokens, exact)
 
 @dataclass(frozen=True, slots=True)
 class Parts:
-    """What the prompt is made of; the four add up to ``Estimate.tokens``."""
+    """What the prompt is made of; the four add up to ``Estimate.tokens - Estimate.unseen``."""
 
     system: int  # system/developer messages (+ their per-message overhead)
     tools: int  # tool/function definitions
@@ -77,6 +82,12 @@ class Estimate:
     tokens: int
     exact: bool  # False when the tokenizer is unknown or some part (image, audio, file...) was guessed
     parts: Parts
+    unseen: int = 0  # reserved for input quotagate cannot see (stored context); in tokens, in no part
+
+    def with_unseen(self, bound: int) -> Estimate:
+        """Part of the input is out of sight: reserve up to ``bound`` input tokens in all, inexact."""
+        unseen = max(bound - self.tokens, 0)
+        return Estimate(self.tokens + unseen, False, self.parts, self.unseen + unseen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +411,9 @@ def _function_of(tool: Any) -> dict[str, Any] | None:
     return None
 
 
-def _count_tools(ctx: _Ctx, tools: Sequence[Any]) -> Counted:
+def _count_tools(ctx: _Ctx, tools: Any) -> Counted:
+    if not isinstance(tools, list):
+        return ctx.n(_dumps(tools)), False
     total, exact = 0, True
     for tool in tools:
         fn = _function_of(tool)
@@ -526,15 +539,15 @@ class Counter:
 
     # -- public, sync ------------------------------------------------------------------------------
 
-    def chat(self, messages: list[Any], tools: list[Any] | None, *, model: str, encoding: str | None) -> Estimate:
+    def chat(self, messages: Any, tools: Any, *, model: str, encoding: str | None) -> Estimate:
         ctx, slots = self._plan_chat(messages, tools, model, encoding)
         return self._finish(ctx, slots)
 
     def responses(
         self,
         input: Any,
-        instructions: str | None,
-        tools: list[Any] | None,
+        instructions: Any,
+        tools: Any,
         *,
         model: str,
         encoding: str | None,
@@ -556,9 +569,7 @@ class Counter:
 
     # -- public, async: the uncached work goes to a thread only when it is large -------------------
 
-    async def achat(
-        self, messages: list[Any], tools: list[Any] | None, *, model: str, encoding: str | None
-    ) -> Estimate:
+    async def achat(self, messages: Any, tools: Any, *, model: str, encoding: str | None) -> Estimate:
         ctx, slots = self._plan_chat(messages, tools, model, encoding)
         if sum(s.size for s in slots if s.value is None) > THREAD_THRESHOLD_CHARS:
             return await asyncio.to_thread(self._finish, ctx, slots)
@@ -567,8 +578,8 @@ class Counter:
     async def aresponses(
         self,
         input: Any,
-        instructions: str | None,
-        tools: list[Any] | None,
+        instructions: Any,
+        tools: Any,
         *,
         model: str,
         encoding: str | None,
@@ -624,31 +635,35 @@ class Counter:
                 key, size = (tag, ctx.enc_name, ctx.images.name, raw), len(raw)
         return _Slot(bucket, key, size, count, obj)
 
-    def _plan_chat(
-        self, messages: list[Any], tools: list[Any] | None, model: str, encoding: str | None
-    ) -> tuple[_Ctx, list[_Slot]]:
+    def _plan_chat(self, messages: Any, tools: Any, model: str, encoding: str | None) -> tuple[_Ctx, list[_Slot]]:
         ctx = self._ctx(model, encoding)
+        if not isinstance(messages, list):  # not an array: one odd "message", counted as its JSON text
+            messages = [] if messages is None else [messages]
         buckets = _buckets_for([_role(m) for m in messages])
         slots = [self._slot(ctx, bucket, "j", m, _count_message) for bucket, m in zip(buckets, messages, strict=True)]
-        if tools:
+        if tools is not None and tools != []:
             slots.append(self._slot(ctx, "tools", "f", tools, _count_tools))
         self._cache.lookup(slots)
         return ctx, slots
 
     def _plan_responses(
-        self, input: Any, instructions: str | None, tools: list[Any] | None, model: str, encoding: str | None
+        self, input: Any, instructions: Any, tools: Any, model: str, encoding: str | None
     ) -> tuple[_Ctx, list[_Slot]]:
         ctx = self._ctx(model, encoding)
-        items: list[Any] = list(input) if isinstance(input, list) else [{"role": "user", "content": input}]
+        items: list[Any]
+        if isinstance(input, list):
+            items = list(input)
+        else:  # a string is one user message; absent input (stored context only) is no item at all
+            items = [] if input is None else [{"role": "user", "content": input}]
         roles = [_role(item) if isinstance(item, dict) else "user" for item in items]
-        if instructions:
+        if instructions is not None and instructions != "":
             items.insert(0, {"role": "system", "content": instructions})
             roles.insert(0, "system")
         slots = [
             self._slot(ctx, bucket, "r", item, _count_item)
             for bucket, item in zip(_buckets_for(roles), items, strict=True)
         ]
-        if tools:
+        if tools is not None and tools != []:
             slots.append(self._slot(ctx, "tools", "f", tools, _count_tools))
         self._cache.lookup(slots)
         return ctx, slots
@@ -695,8 +710,6 @@ def _plain_size(value: Any) -> int:
     return 0
 
 
-def count_chat_parts(
-    counter: Counter, messages: list[Any], tools: list[Any] | None, *, model: str, encoding: str | None
-) -> Parts:
+def count_chat_parts(counter: Counter, messages: Any, tools: Any, *, model: str, encoding: str | None) -> Parts:
     """The partition of a chat prompt: system / tools / history / new (see ``Parts``)."""
     return counter.chat(messages, tools, model=model, encoding=encoding).parts

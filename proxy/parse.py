@@ -3,6 +3,11 @@
 Only the fields quotagate governs are read (model, stream, stream_options, the output caps, the prompt)
 and only those are ever rewritten; ``body_bytes()`` returns the client's bytes unchanged when nothing
 was patched.
+
+Validation is the provider's job: a body is refused here only when quotagate itself cannot govern it
+(not JSON, not an object, no model to route and price by, an output cap that is not an integer, a
+stream whose ``stream_options`` cannot take ``include_usage``). Everything else, including bodies the
+provider will reject, is forwarded as it came (README, "What quotagate refuses on its own").
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class ParsedRequest:
     stream: bool
     wants_usage: bool  # the client asked for the usage chunk itself
     requested_cap: int | None  # the client's own output cap, if any
+    # Part of the input is out of sight: no prompt field at all, or context the provider stores
+    # (previous_response_id, conversation, a stored prompt). It cannot be counted, only bounded.
+    unseen_input: bool = False
     patched: bool = field(default=False)
 
     def set(self, key: str, value: Any) -> None:
@@ -58,12 +66,34 @@ class ParsedRequest:
         return orjson.dumps(self.body) if self.patched else self.raw
 
 
+# Responses API fields that pull input the client does not send from the provider's storage.
+_STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
+
+
+def _json_type(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, float):
+        return "a decimal number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "an object"
+    return "null" if v is None else f"the number {v}"
+
+
 def _int_field(body: dict[str, Any], name: str) -> int | None:
     v = body.get(name)
     if v is None:
         return None
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise InvalidRequest(f"Invalid value for '{name}': expected a non-negative integer.", param=name)
+        raise InvalidRequest(
+            f"Invalid value for '{name}': expected a non-negative integer, but got {_json_type(v)} instead. "
+            "quotagate reserves the output cap before forwarding the request, so it must be an integer.",
+            param=name,
+        )
     return v
 
 
@@ -75,29 +105,29 @@ def parse(endpoint: Endpoint, raw: bytes) -> ParsedRequest:
             f"We could not parse the JSON body of your request. ({e}) The OpenAI API expects a JSON payload."
         ) from None
     if not isinstance(body, dict):
-        raise InvalidJSON("The request body must be a JSON object.")
+        raise InvalidJSON(f"The request body must be a JSON object, but got {_json_type(body)}.")
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("you must provide a model parameter", param="model")
-    prompt = body.get(endpoint.prompt_field)
-    if prompt is None:
-        raise InvalidRequest(f"Missing required parameter: '{endpoint.prompt_field}'.", param=endpoint.prompt_field)
-    if endpoint is CHAT and (not isinstance(prompt, list) or not prompt):
-        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
-    if endpoint is CHAT and not all(isinstance(m, dict) for m in prompt):
-        raise InvalidRequest("Each entry of 'messages' must be an object.", param="messages")
+        raise InvalidRequest(
+            "you must provide a model parameter (a non-empty string): quotagate routes and prices every "
+            "request by its model.",
+            param="model",
+        )
     stream = body.get("stream") is True
     options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("Invalid type for 'stream_options': expected an object.", param="stream_options")
-    if options is not None and not stream and endpoint is not RESPONSES:
+    if stream and endpoint in (CHAT, COMPLETIONS) and options is not None and not isinstance(options, dict):
         raise InvalidRequest(
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+            f"Invalid type for 'stream_options': expected an object, but got {_json_type(options)} instead. "
+            "quotagate sets stream_options.include_usage on every stream to meter it.",
+            param="stream_options",
         )
-    wants_usage = bool(options and options.get("include_usage") is True)
+    wants_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     cap = None
     for name in endpoint.cap_fields:
         v = _int_field(body, name)
         if v is not None and cap is None:
             cap = v
-    return ParsedRequest(endpoint, body, raw, model, stream, wants_usage, cap)
+    unseen = body.get(endpoint.prompt_field) is None or (
+        endpoint is RESPONSES and any(body.get(k) is not None for k in _STORED_CONTEXT)
+    )
+    return ParsedRequest(endpoint, body, raw, model, stream, wants_usage, cap, unseen)

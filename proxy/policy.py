@@ -3,6 +3,11 @@
 Trimming drops the oldest conversation turns until the input fits the team's cap. System and developer
 messages and the latest user turn (with everything after it) always stay; an assistant message that
 called tools leaves together with the tool results that answer it. If it still cannot fit, reject.
+Entries that are not message objects are never pinned: they are ordinary droppable turns.
+
+The context-cap refusal uses OpenAI's own wording ("This model's maximum context length is N tokens...")
+so that clients that pattern-match on it (LiteLLM's ContextWindowExceededError, LangChain) recognise it,
+and names the team cap after it.
 """
 
 from __future__ import annotations
@@ -54,27 +59,44 @@ def output_cap(
     return OutputCap(FALLBACK_OUTPUT_CAP, None)
 
 
-def _too_long(team_name: str, cap: int, tokens: int) -> ContextLengthExceeded:
+def unseen_input_bound(team: TeamSettings | None, model: ModelSettings) -> int:
+    """Input tokens to reserve in all when part of the input is out of sight (a stored conversation, a
+    stored prompt, no prompt field): the model's context window, capped by the team's max_input_tokens.
+    0 when neither is known: then only what was counted is reserved, and settlement relies on the
+    provider's usage."""
+    bounds = [b for b in (model.context_window, team.max_input_tokens if team is not None else None) if b]
+    return min(bounds) if bounds else 0
+
+
+def _too_long(team_name: str, cap: int, tokens: int, param: str) -> ContextLengthExceeded:
     return ContextLengthExceeded(
-        f"Team '{team_name}' allows at most {cap} input tokens per request (max_input_tokens). "
-        f"However, your messages resulted in {tokens} tokens. Please reduce the length of the messages."
+        f"This model's maximum context length is {cap} tokens. However, your messages resulted in {tokens} "
+        f"tokens. Please reduce the length of the messages. (quotagate: team '{team_name}' allows at most "
+        f"{cap} input tokens per request, max_input_tokens.)",
+        param=param,
     )
+
+
+def _role(message: Any) -> str | None:
+    role = message.get("role") if isinstance(message, dict) else None
+    return role if isinstance(role, str) else None
 
 
 def _turn_groups(messages: list[Any]) -> tuple[list[list[int]], int]:
     """Droppable groups of message indexes, oldest first, and the index of the latest user turn."""
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages) - 1)
+    roles = [_role(m) for m in messages]
+    last_user = max((i for i, r in enumerate(roles) if r == "user"), default=len(messages) - 1)
     groups: list[list[int]] = []
     i = 0
     while i < last_user:
         m = messages[i]
-        if m.get("role") in _PINNED:
+        if roles[i] in _PINNED:
             i += 1
             continue
         group = [i]
-        if m.get("role") == "assistant" and m.get("tool_calls"):
+        if roles[i] == "assistant" and m.get("tool_calls"):
             j = i + 1
-            while j < last_user and messages[j].get("role") == "tool":
+            while j < last_user and roles[j] == "tool":
                 group.append(j)
                 j += 1
             i = j
@@ -104,7 +126,7 @@ def trim(
         tokens = count(kept)
         if tokens <= cap:
             return kept, tokens, original - tokens
-    raise _too_long(team_name, cap, tokens)
+    raise _too_long(team_name, cap, tokens, "messages")
 
 
 def enforce_context(
@@ -113,11 +135,16 @@ def enforce_context(
     tokens: int,
     messages: list[Any] | None,
     count: Callable[[list[Any]], int],
+    *,
+    param: str = "messages",
 ) -> tuple[list[Any] | None, int, int]:
-    """(messages to send or None if unchanged, input tokens, trimmed tokens) or ContextLengthExceeded."""
+    """(messages to send or None if unchanged, input tokens, trimmed tokens) or ContextLengthExceeded.
+
+    ``messages`` is None when the prompt cannot be trimmed (not a chat, or not an array); ``param`` names
+    the prompt field in the refusal."""
     if team is None or team.max_input_tokens is None or tokens <= team.max_input_tokens:
         return None, tokens, 0
     if team.on_context_overflow == "reject" or messages is None:
-        raise _too_long(team_name, team.max_input_tokens, tokens)
+        raise _too_long(team_name, team.max_input_tokens, tokens, param)
     kept, new_tokens, trimmed = trim(team_name, team.max_input_tokens, messages, count)
     return kept, new_tokens, trimmed

@@ -399,6 +399,55 @@ def test_completion_and_embeddings_inputs() -> None:
     assert est == Estimate(n("hi"), True, count.Parts(0, 0, 0, n("hi")))
 
 
+# -------------------------------------------------------------------------------------- odd shapes, unseen input
+
+ODD_VALUES: list[Any] = [42, 4.5, True, "text", {"a": [1, None]}, ["x", 7], None]
+
+
+@pytest.mark.parametrize("odd", ODD_VALUES)
+def test_shapes_the_api_does_not_define_are_counted_never_raised(odd: Any) -> None:
+    """The provider judges validity; the counter only needs a number (JSON text, inexact) for any JSON."""
+    c = Counter()
+    base = c.chat([{"role": "user", "content": "hi"}], None, model="gpt-4o", encoding=None)
+    tools = c.chat([{"role": "user", "content": "hi"}], odd, model="gpt-4o", encoding=None)
+    assert tools.tokens >= base.tokens and (tools.exact is (odd is None))
+    for messages in (odd, [odd], [{"role": odd, "content": odd, "name": odd, "tool_calls": odd}]):
+        est = c.chat(messages, odd, model="gpt-4o", encoding=None)
+        assert est.tokens >= count.REPLY_PRIMER
+    for value in (odd, [odd], ["hello", odd], [{"type": odd, "content": odd, "output": odd}]):
+        est = c.responses(value, odd, odd, model="gpt-4o", encoding=None)
+        assert est.tokens >= count.REPLY_PRIMER
+    assert c.completion(odd, model="gpt-4o", encoding=None).tokens >= 0
+    assert c.embeddings([odd, [1, odd]], model="gpt-4o", encoding=None).tokens >= 0
+
+
+def test_odd_tools_and_instructions_make_the_estimate_inexact() -> None:
+    c = Counter()
+    assert not c.chat([{"role": "user", "content": "hi"}], 42, model="gpt-4o", encoding=None).exact
+    est = c.responses("hi", ["be", "terse"], None, model="gpt-4o", encoding=None)
+    assert est.parts.system > 0  # counted as instructions, part by part
+    assert not c.responses("hi", 5, None, model="gpt-4o", encoding=None).exact
+    assert c.responses(["hello", 42], None, None, model="gpt-4o", encoding=None).exact is False
+
+
+def test_responses_without_input_count_only_what_is_there() -> None:
+    """previous_response_id / conversation only: no phantom user message."""
+    est = Counter().responses(None, "You are terse.", None, model="gpt-4o", encoding=None)
+    assert est.tokens == 3 + n("system") + n("You are terse.") + count.REPLY_PRIMER
+    assert Counter().responses(None, None, None, model="gpt-4o", encoding=None).tokens == count.REPLY_PRIMER
+
+
+def test_with_unseen_reserves_up_to_the_bound_and_is_inexact() -> None:
+    est = Counter().responses("hello", None, None, model="gpt-4o", encoding=None)
+    assert est.exact and est.unseen == 0
+    bounded = est.with_unseen(4096)
+    assert (bounded.tokens, bounded.exact, bounded.unseen, bounded.parts) == (4096, False, 4096 - est.tokens, est.parts)
+    assert bounded.parts.system + bounded.parts.tools + bounded.parts.history + bounded.parts.new == est.tokens
+    over = est.with_unseen(2)  # the visible part alone is already past the bound: that is what is reserved
+    assert (over.tokens, over.exact, over.unseen) == (est.tokens, False, 0)
+    assert est.with_unseen(0).tokens == est.tokens  # no bound known
+
+
 # -------------------------------------------------------------------------------------- cache
 
 

@@ -60,24 +60,41 @@ def test_model_must_be_a_non_empty_string(model: object) -> None:
     with pytest.raises(InvalidRequest) as e:
         parse(CHAT, orjson.dumps(body))
     assert e.value.param == "model" and e.value.status == 400
+    assert "routes and prices" in e.value.message  # why quotagate itself needs it
 
 
-@pytest.mark.parametrize(
-    ("endpoint", "field"),
-    [(CHAT, "messages"), (COMPLETIONS, "prompt"), (EMBEDDINGS, "input"), (RESPONSES, "input")],
-)
-def test_the_prompt_field_is_required(endpoint: Endpoint, field: str) -> None:
-    with pytest.raises(InvalidRequest) as e:
-        parse(endpoint, b'{"model": "m"}')
-    assert e.value.param == field
-    assert field in e.value.message
+def test_a_body_that_is_not_an_object_says_what_it_got() -> None:
+    with pytest.raises(InvalidJSON, match="must be a JSON object, but got an array"):
+        parse(CHAT, b"[1]")
+
+
+# Validation is the provider's: what quotagate does not need to govern is forwarded as it came (issue 8).
+# These bodies used to be refused here; the provider now decides.
+@pytest.mark.parametrize("endpoint", [CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES])
+def test_a_missing_prompt_field_is_forwarded_and_marked_unseen(endpoint: Endpoint) -> None:
+    raw = b'{"model": "m"}'
+    req = parse(endpoint, raw)
+    assert req.unseen_input and req.body_bytes() is raw
 
 
 @pytest.mark.parametrize("messages", [[], "hello", {"role": "user"}, ["hello"], [{"role": "user"}, 3]])
-def test_chat_messages_must_be_a_non_empty_array_of_objects(messages: object) -> None:
-    with pytest.raises(InvalidRequest) as e:
-        parse(CHAT, orjson.dumps({"model": "m", "messages": messages}))
-    assert e.value.param == "messages"
+def test_odd_chat_messages_are_forwarded_for_the_provider_to_judge(messages: object) -> None:
+    raw = orjson.dumps({"model": "m", "messages": messages})
+    req = parse(CHAT, raw)
+    assert req.body_bytes() is raw and not req.unseen_input
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"previous_response_id": "resp_1"}, {"conversation": "conv_1"}, {"prompt": {"id": "pmpt_1"}}],
+)
+def test_responses_with_stored_context_are_unseen_input(extra: dict[str, object]) -> None:
+    with_input = parse(RESPONSES, orjson.dumps({"model": "m", "input": "and then?", **extra}))
+    without = parse(RESPONSES, orjson.dumps({"model": "m", **extra}))
+    assert with_input.unseen_input and without.unseen_input
+    assert not parse(RESPONSES, b'{"model": "m", "input": "x"}').unseen_input
+    # `prompt` is only stored context on the Responses API; on completions it is the prompt itself
+    assert not parse(COMPLETIONS, b'{"model": "m", "prompt": "x"}').unseen_input
 
 
 def test_stream_is_true_only_for_json_true() -> None:
@@ -93,15 +110,21 @@ def test_stream_options_and_wants_usage() -> None:
     assert not parse(CHAT, orjson.dumps({**base, "stream_options": {"include_usage": False}})).wants_usage
     assert not parse(CHAT, orjson.dumps({**base, "stream_options": {}})).wants_usage
     assert not parse(CHAT, orjson.dumps(base)).wants_usage
-    with pytest.raises(InvalidRequest) as e:
-        parse(CHAT, orjson.dumps({**base, "stream_options": ["include_usage"]}))
-    assert e.value.param == "stream_options"
-    # only allowed with stream: true (OpenAI answers 400), except on the Responses API
-    with pytest.raises(InvalidRequest) as e:
-        parse(CHAT, orjson.dumps({**base, "stream": False, "stream_options": {"include_usage": True}}))
-    assert e.value.param == "stream_options"
+    # a stream's stream_options must take include_usage (quotagate meters the stream with it)
+    for endpoint, prompt in ((CHAT, "messages"), (COMPLETIONS, "prompt")):
+        with pytest.raises(InvalidRequest) as e:
+            parse(endpoint, orjson.dumps({**base, prompt: "x", "stream_options": ["include_usage"]}))
+        assert e.value.param == "stream_options" and "include_usage" in e.value.message
+    # Without a stream, quotagate patches nothing: forwarded as it came, whatever the provider makes of it
+    # (the official SDK's own tests send stream_options with stream: false).
+    for options in ({"include_usage": True}, ["include_usage"], 3):
+        raw = orjson.dumps({**base, "stream": False, "stream_options": options})
+        req = parse(CHAT, raw)
+        assert req.body_bytes() is raw and not req.stream and not req.wants_usage
     req = parse(RESPONSES, orjson.dumps({"model": "m", "input": "x", "stream_options": {"include_obfuscation": False}}))
     assert not req.stream
+    req = parse(RESPONSES, orjson.dumps({"model": "m", "input": "x", "stream": True, "stream_options": 3}))
+    assert req.stream  # the Responses API stream reports usage anyway: nothing to patch
 
 
 def test_requested_cap_prefers_max_completion_tokens() -> None:
@@ -113,8 +136,14 @@ def test_requested_cap_prefers_max_completion_tokens() -> None:
     assert parse(EMBEDDINGS, b'{"model": "m", "input": "x", "max_tokens": 5}').requested_cap is None
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, True, "10", [1]])
-def test_caps_must_be_non_negative_integers(value: object) -> None:
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [(-1, "the number -1"), (1.5, "a decimal number"), (True, "a boolean"), ("10", "a string"), ([1], "an array")],
+)
+def test_caps_must_be_non_negative_integers(value: object, got: str) -> None:
+    """An output cap that is not an integer cannot be reserved: refused, and the message says why."""
     with pytest.raises(InvalidRequest) as e:
         parse(COMPLETIONS, orjson.dumps({"model": "m", "prompt": "x", "max_tokens": value}))
     assert e.value.param == "max_tokens"
+    assert f"'max_tokens': expected a non-negative integer, but got {got} instead" in e.value.message
+    assert "reserves the output cap" in e.value.message

@@ -97,10 +97,28 @@ def test_trim_rejects_when_even_the_floor_does_not_fit() -> None:
     assert e.value.status == 400
     assert e.value.code == "context_length_exceeded"
     assert e.value.param == "messages"
-    text = e.value.message
-    assert "Team 'team-a'" in text
-    assert f"at most {floor - 1} input tokens" in text
-    assert f"resulted in {floor} tokens" in text  # the count after dropping all it could
+    # OpenAI's own wording first, so that clients matching on it (LiteLLM's ContextWindowExceededError looks
+    # for "this model's maximum context length is", LangChain for the code) recognise it; the team cap after.
+    assert e.value.message == (
+        f"This model's maximum context length is {floor - 1} tokens. However, your messages resulted in "
+        f"{floor} tokens. Please reduce the length of the messages. (quotagate: team 'team-a' allows at most "
+        f"{floor - 1} input tokens per request, max_input_tokens.)"
+    )  # the count is the one after dropping all it could
+    assert "this model's maximum context length is" in e.value.message.lower()
+
+
+def test_trim_survives_entries_that_are_not_messages() -> None:
+    """Whatever the provider will make of them, odd entries are ordinary droppable turns, never pinned."""
+    odd: list[Any] = ["hello", 42, {"role": ["system"], "content": "x"}, None, msg("user", 6)]
+
+    def count(messages: list[Any]) -> int:
+        return sum(m["w"] if isinstance(m, dict) and "w" in m else 10 for m in messages)
+
+    kept, tokens, dropped = policy.trim("t", 16, odd, count)
+    assert kept == [None, odd[4]]
+    assert (tokens, dropped) == (16, 30)
+    with pytest.raises(ContextLengthExceeded):
+        policy.trim("t", 5, odd, count)
 
 
 def test_trim_with_nothing_droppable_reports_the_original_count() -> None:
@@ -155,8 +173,17 @@ def test_enforce_context_reject_names_the_cap_and_the_count() -> None:
     team = TeamSettings(max_input_tokens=100, on_context_overflow="reject")
     with pytest.raises(ContextLengthExceeded) as e:
         policy.enforce_context("team-r", team, TOTAL, CONVERSATION, weight)
-    assert "at most 100 input tokens" in e.value.message
+    assert "maximum context length is 100 tokens" in e.value.message
+    assert "team 'team-r' allows at most 100 input tokens" in e.value.message
     assert f"resulted in {TOTAL} tokens" in e.value.message
+    assert e.value.param == "messages"
+
+
+def test_enforce_context_names_the_prompt_field_of_the_endpoint() -> None:
+    team = TeamSettings(max_input_tokens=5, on_context_overflow="trim")
+    with pytest.raises(ContextLengthExceeded) as e:
+        policy.enforce_context("t", team, 9, None, weight, param="input")
+    assert e.value.param == "input" and e.value.code == "context_length_exceeded"
 
 
 def test_enforce_context_trim() -> None:
@@ -201,6 +228,19 @@ def test_output_cap_defaults_without_team_cap() -> None:
     assert policy.output_cap(None, None, ctx_only, None, 300) == policy.OutputCap(700, None)
     assert policy.output_cap(None, None, ctx_only, None, 3000) == policy.OutputCap(0, None)
     assert policy.output_cap(None, None, bare, None, 100) == policy.OutputCap(policy.FALLBACK_OUTPUT_CAP, None)
+
+
+# ---- input out of sight (stored context, no prompt field) -------------------------------------------------
+
+
+def test_unseen_input_bound_is_the_context_window_capped_by_the_team() -> None:
+    assert policy.unseen_input_bound(None, MODEL) == 128000
+    assert policy.unseen_input_bound(TeamSettings(), MODEL) == 128000
+    assert policy.unseen_input_bound(TeamSettings(max_input_tokens=4096), MODEL) == 4096
+    assert policy.unseen_input_bound(TeamSettings(max_input_tokens=10**6), MODEL) == 128000
+    bare = ModelSettings(provider="p")
+    assert policy.unseen_input_bound(TeamSettings(max_input_tokens=4096), bare) == 4096
+    assert policy.unseen_input_bound(None, bare) == 0  # nothing known: only what was counted is reserved
 
 
 # ---- model access ----------------------------------------------------------------------------------------
