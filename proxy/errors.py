@@ -32,6 +32,7 @@ class ProxyError(Exception):
     type: str = "server_error"
     code: str | None = None
     param: str | None = None
+    limit: str | None = None  # a refusal's limit in a few words, for the log line (never sent to the client)
 
     def __init__(
         self,

@@ -37,6 +37,7 @@ from .errors import (
     sse_error,
 )
 from .ledger import Ledger
+from .logs import request_finished
 from .metrics import Metrics, RequestOutcome
 from .parse import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, ParsedRequest, parse
 from .pricing import Price, price_of
@@ -90,6 +91,7 @@ class Trace:
     outcome: str = "ok"
     error: str | None = None
     error_type: str | None = None
+    limit: str | None = None  # the limit that refused it, in a few words (for the log line)
     estimate: Estimate | None = None
     counted_output: int | None = None
     usage: Usage = field(default_factory=Usage)
@@ -434,7 +436,7 @@ class Pipeline:
 
     # ---- errors, settlement, records ----------------------------------------------------------------------
     async def _send_error(self, send: Send, err: ProxyError, trace: Trace, extra: dict[str, str] | None = None) -> None:
-        trace.status, trace.outcome, trace.error = err.status, outcome_of(err), err.message
+        trace.status, trace.outcome, trace.error, trace.limit = err.status, outcome_of(err), err.message, err.limit
         # provider errors by status (the "Errors by type" panel tells a 429 storm from a 500 one)
         trace.error_type = f"upstream_{err.status}" if isinstance(err, UpstreamError) else (err.code or err.type)
         status, headers, body = render(err)
@@ -460,6 +462,7 @@ class Pipeline:
     async def _settle_and_record(self, trace: Trace, res: Reservation | None, used: Usage) -> None:
         if res is not None:
             await self.accountant.settle(res, used.total, trace.cost)
+        request_finished(trace, self.s.providers)
         self.ledger.append(_record(trace))
         elapsed = (trace.t_end or time.perf_counter()) - trace.t0
         est = trace.estimate

@@ -33,10 +33,11 @@ class _Frozen(BaseModel):
 
 
 class ProviderSettings(_Frozen):
-    base_url: str
+    base_url: str = ""  # required, except for `kind: mock` (empty: the mock `quotagate serve` starts itself)
     api_key: str | None = None
-    # "openai" covers every OpenAI-compatible server (vLLM, SGLang, Ollama, LiteLLM...); "azure" sends `api-key`
-    kind: Literal["openai", "azure"] = "openai"
+    # "openai" covers every OpenAI-compatible server (vLLM, SGLang, Ollama, LiteLLM...); "azure" sends `api-key`;
+    # "mock" is quotagate's own mock upstream (proxy/mock_upstream.py)
+    kind: Literal["openai", "azure", "mock"] = "openai"
     api_version: str | None = None  # azure classic deployments
     headers: dict[str, str] = Field(default_factory=dict)
     otel_name: str | None = None  # gen_ai.provider.name; defaults from kind and host
@@ -44,9 +45,20 @@ class ProviderSettings(_Frozen):
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
+        if v and not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _base_url_given(self) -> ProviderSettings:
+        if not self.base_url and self.kind != "mock":
+            raise ValueError("`base_url` is required (only a `kind: mock` provider may leave it out)")
+        return self
+
+    @property
+    def builtin_mock(self) -> bool:
+        """A `kind: mock` provider with no base_url: served by `quotagate serve` on a loopback port."""
+        return self.kind == "mock" and not self.base_url
 
     @property
     def enabled(self) -> bool:
@@ -301,7 +313,17 @@ def parse(raw: Any, *, base: Path = Path("."), env: Mapping[str, str] | None = N
         raise ConfigError(f"{where}: {msg}{more}") from None
 
 
-def load(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+def resolve_store(url: str, base: Path) -> str:
+    """A relative ``sqlite:///PATH`` made absolute against ``base`` (the config file's directory)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.startswith(prefix + "/"):
+        return url
+    return prefix + str((base / url[len(prefix) :]).resolve())
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None, *, store_base: Path | None = None) -> Settings:
+    """Read and validate a config; a relative SQLite store path resolves against ``store_base``, by default
+    the config file's directory (so the same file names the same database wherever it is run from)."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -311,4 +333,5 @@ def load(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML: {e}") from e
-    return parse(raw, base=p.parent, env=env)
+    s = parse(raw, base=p.parent, env=env)
+    return s.model_copy(update={"store": resolve_store(s.store, store_base or p.parent.resolve())})

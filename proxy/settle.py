@@ -31,6 +31,7 @@ from .errors import BudgetExceeded, ProxyError, RateLimited, StoreUnavailable
 from .limits import Limit, charges, go_duration, holds, limits_for, tag
 from .settings import BudgetSettings, KeySettings, RateLimitSettings, Settings
 from .store.base import Admitted, CounterValue, Denied, Lease, LedgerRecord, Store
+from .units import human_amount, rfc3339, usd
 
 log = logging.getLogger("quotagate.settle")
 _NO_RATES = RateLimitSettings()
@@ -184,6 +185,8 @@ class Accountant:
         out: list[dict[str, Any]] = []
         for lim in lims:
             v = values.get(lim.key, CounterValue())
+            remaining = max(lim.limit - v.used - v.reserved, 0)
+            money = lim.unit == "usd"  # limit/used/reserved/remaining are in the unit: tokens, or micro-USD
             out.append(
                 {
                     "scope": lim.scope,
@@ -192,8 +195,12 @@ class Accountant:
                     "limit": lim.limit,
                     "used": v.used,
                     "reserved": v.reserved,
-                    "remaining": max(lim.limit - v.used - v.reserved, 0),
-                    "resets_at": lim.window_end,
+                    "remaining": remaining,
+                    "limit_usd": usd(lim.limit) if money else None,
+                    "used_usd": usd(v.used) if money else None,
+                    "reserved_usd": usd(v.reserved) if money else None,
+                    "remaining_usd": usd(remaining) if money else None,
+                    "resets_at": rfc3339(lim.window_end),
                     "warn_at": lim.budget.warn_at if lim.budget else None,
                     "downgrade_to": lim.budget.downgrade_to if lim.budget else None,
                 }
@@ -326,6 +333,11 @@ class Accountant:
 
     # ---- answers -----------------------------------------------------------------------------------------
     def _denial(self, team: str, model: str, lims: list[Limit], d: Denied, now: float) -> ProxyError:
+        err = self._refusal(team, model, lims, d, now)
+        err.limit = refusal_limit(next(x for x in lims if x.key == d.hold.key), d)  # for the request's log line
+        return err
+
+    def _refusal(self, team: str, model: str, lims: list[Limit], d: Denied, now: float) -> ProxyError:
         lim = next(x for x in lims if x.key == d.hold.key)
         wait = max(lim.window_end - now, 0.0) if lim.window else 1.0
         headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(int(wait * 1000))}
@@ -387,6 +399,20 @@ class Accountant:
                 out[f"x-ratelimit-remaining-{kind}"] = str(max(lim.limit - v.used - v.reserved, 0))
             out[f"x-ratelimit-reset-{kind}"] = go_duration(max(lim.window_end - now, 0.0))
         return out
+
+
+def refusal_limit(lim: Limit, d: Denied) -> str:
+    """The limit that refused, in a few words: ``budget team day tokens used 1.9M/2M held 40K asked 120K``."""
+
+    def h(v: int) -> str:
+        return human_amount(v, lim.unit)
+
+    if lim.unit == "concurrent":
+        return f"concurrent {lim.scope} {d.reserved}/{lim.limit} in flight"
+    what = f"budget {lim.scope} {lim.window} {lim.unit}" if lim.budget is not None else f"{lim.scope} "
+    if lim.budget is None:
+        what += "tpm" if lim.unit == "tokens" else "rpm"
+    return f"{what} used {h(d.used)}/{h(lim.limit)} held {h(d.reserved)} asked {h(d.hold.amount)}"
 
 
 def ids(kind: str) -> Iterator[str]:

@@ -763,12 +763,15 @@ def test_restart_keeps_state_and_sigkill_is_reaped(durable: str, tmp_path: Path,
         assert second.terminate() in (0, -15)  # graceful (uvicorn re-raises SIGTERM once it has shut down)
 
     table = usage_cli(tmp_path / "second.yaml", "t1")
-    assert table[0] == ["team", "model", "requests", "input", "cached", "output", "reasoning", "cost_usd"]
+    assert table[0] == [
+        "team", "model", "requests", "ok", "refused", "failed", "input", "cached", "output", "reasoning", "cost_usd"
+    ]  # fmt: skip
     total_cost = 3 * cost(N_IN, CAP) + n * worst_usd(N_IN, cap)
     assert table[1:] == [
         # a reaped lease is charged its full worst case, and the report shows it so: its output cap too
-        ["t1", MODEL, str(3 + n), str((3 + n) * N_IN), "0", str(3 * CAP + n * cap), "0", f"{total_cost / 1e6:.6f}"]
-    ]
+        ["t1", MODEL, str(3 + n), "3", "0", str(n), str((3 + n) * N_IN), "0", str(3 * CAP + n * cap), "0",
+         f"{total_cost / 1e6:.6f}"]
+    ]  # fmt: skip
 
 
 # ---- 9. Redis stopped during load ---------------------------------------------------------------------------

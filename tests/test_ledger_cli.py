@@ -46,8 +46,11 @@ def read_ledger(store_url: str) -> list[LedgerRecord]:
 
 def cli_rows(stdout: str) -> dict[tuple[str, str], list[str]]:
     lines = stdout.strip().splitlines()
-    assert lines[0].split() == ["team", "model", "requests", "input", "cached", "output", "reasoning", "cost_usd"]
-    return {(cols[0], cols[1]): cols[2:] for cols in (line.split() for line in lines[1:])}
+    assert lines[0].split() == [
+        "team", "model", "requests", "ok", "refused", "failed", "input", "cached", "output", "reasoning", "cost_usd"
+    ]  # fmt: skip
+    # requests, then the token and cost columns (the ok/refused/failed split is tested in test_cli.py)
+    return {(cols[0], cols[1]): [cols[2], *cols[6:]] for cols in (line.split() for line in lines[1:])}
 
 
 @dataclass

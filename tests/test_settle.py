@@ -158,7 +158,11 @@ async def test_reserve_holds_the_worst_case_and_settle_commits_the_actual(store:
             "used": 100,
             "reserved": 900,
             "remaining": 0,
-            "resets_at": MIDNIGHT,
+            "limit_usd": None,
+            "used_usd": None,
+            "reserved_usd": None,
+            "remaining_usd": None,
+            "resets_at": "2026-11-25T00:00:00.000Z",
             "warn_at": None,
             "downgrade_to": None,
         }
@@ -288,7 +292,7 @@ async def test_day_budget_rolls_over_at_utc_midnight(store: Store, clock: Clock)
 
     clock.t = MIDNIGHT + 0.001
     (row,) = await acct.budget_status("t")
-    assert (row["used"], row["reserved"], row["resets_at"]) == (0, 0, MIDNIGHT + 86_400)
+    assert (row["used"], row["reserved"], row["resets_at"]) == (0, 0, "2026-11-26T00:00:00.000Z")
     res = await reserve(acct, 1000)  # the whole new day is available
     await acct.settle(res, 250, 0)
     assert await day_status(acct) == (250, 0)
