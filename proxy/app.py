@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from .auth import KeyRing
 from .count import Counter
 from .errors import StoreUnavailable
-from .ledger import Ledger
+from .ledger import Ledger, spill_dir
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .settings import Settings
@@ -126,16 +126,22 @@ def build_gateway(
 ) -> Gateway:
     store = store if store is not None else open_store(settings.store, clock=clock)
     local = open_store("memory://", clock=clock)
-    ledger = Ledger(store, flush_seconds=settings.ledger_flush_seconds)
-    keyring = KeyRing(settings, store)
-    counter = Counter()
-    accountant = Accountant(settings, store, local, clock=clock, on_reaped=ledger.append)
-    upstream = Upstream(settings)
     metrics = Metrics(
         teams=list(settings.teams),
         models={name: m.provider for name, m in settings.models.items()},
         registry=registry,
     )
+    ledger = Ledger(
+        store,
+        flush_seconds=settings.ledger_flush_seconds,
+        queue_max=settings.ledger_queue_max,
+        spill_dir=spill_dir(settings.store, settings.ledger_spill_dir),
+        metrics=metrics,
+    )
+    keyring = KeyRing(settings, store)
+    counter = Counter()
+    accountant = Accountant(settings, store, local, clock=clock, on_reaped=ledger.append)
+    upstream = Upstream(settings)
     gw_tasks: set[asyncio.Task[None]] = set()
     holder: dict[str, Gateway] = {}
 

@@ -1,76 +1,487 @@
-"""One record per request, written off the hot path in batches.
+"""One record per request, written off the hot path in batches; a record is never dropped.
 
-``append`` only queues; a background task flushes every ``flush_seconds`` (or sooner when a batch is
-full) with one store call. A failed flush keeps its batch and retries, so a store outage loses nothing;
-``close`` flushes whatever is left (graceful shutdown, after in-flight requests have settled).
+Flow::
+
+    append(record)   O(1), never blocks or raises: onto the in-memory queue or, once that holds
+                     ``queue_max`` records, onto the overflow, which the spill task appends to this
+                     process's spill file every ``flush_seconds`` (in a thread, fsynced)
+    writer task      every ``flush_seconds`` (sooner when a batch is full): the queue, BATCH records per
+                     store call; then the spill files, one group per call, between queue flushes
+    a failed write   whatever the error, the batch goes back to the head of the queue, whole and in order,
+                     and is retried as the same batch on the next tick; logged on the first failure of a
+                     streak (and when its cause changes) and on recovery, counted in
+                     ``quotagate_ledger_write_errors_total{cause}``
+    start()          claims the spill files no live process holds (left by a crash, or by a shutdown while
+                     the store was down) and replays them in the background
+    close()          writes what is left while the store answers (up to ``close_seconds``), spills the rest
+
+Spill files live in the spill dir (``ledger_spill_dir``, else the SQLite file's directory, else ./data):
+``ledger-spill-<pid>-<random>.jsonl``, append-only, one ``{"b": group, "r": record}`` per line; a group is
+replayed as one batch. Each process appends only to its own file and holds an exclusive ``flock`` on it
+while it lives, so under ``--workers N`` a lock that can be taken means its owner is gone (pids repeat
+across container restarts, locks die with their process). A file is claimed by taking its lock, then
+renaming it to a ``ledger-replay-<owner>-<n>.replaying`` name of the claimer's own, and deleted only once
+every group in it is in the store. A torn last line (a crash mid-write) is skipped with a warning; a failed
+append is truncated back, so a later one never starts mid-line.
+
+Exactly once: a batch retried after an ambiguous failure (the store wrote it, the reply was lost) or a file
+replayed again after a crash between "written" and "deleted" reaches the store twice. The SQLite store
+skips a request_id it already holds; the Redis store skips a batch (the same request ids in the same order)
+it wrote within ``LEDGER_DEDUP_MS`` (6 h), past that it is at least once. Limits: records still in memory
+die with the process on SIGKILL or OOM-kill; if the store and the spill dir both fail until the end of
+``close``, what is left is logged as lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
+import fcntl
 import logging
+import os
+import secrets
+import sqlite3
+import time
 from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+import orjson
 
 from .errors import StoreUnavailable
+from .metrics import Metrics
 from .store.base import LedgerRecord, Store
 
 log = logging.getLogger("quotagate.ledger")
 BATCH = 500
+SPILL_PATTERNS = ("ledger-spill-*.jsonl", "ledger-replay-*.replaying")
+_FIELDS = frozenset(f.name for f in dataclasses.fields(LedgerRecord))
+_T = TypeVar("_T")
+
+
+def spill_dir(store_url: str, configured: str | None = None) -> Path:
+    """The configured spill dir, else the SQLite file's directory, else ./data."""
+    if configured:
+        return Path(configured)
+    prefix = "sqlite:///"
+    if store_url.lower().startswith(prefix):
+        return Path(unquote(store_url[len(prefix) :].split("?", 1)[0])).parent
+    return Path("data")
+
+
+def error_cause(err: BaseException) -> str:
+    """The bounded ``cause`` of a failed write: store_unavailable, busy, disk_full, constraint, oom, other."""
+    chain: list[BaseException] = []
+    e: BaseException | None = err
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    # the store's own message, not its prefix (a path may say anything); sqlite3 adds its error name
+    text = " ".join(f"{getattr(x, 'sqlite_errorname', '')} {_message(x)}" for x in chain).lower()
+    if any(type(x).__name__ == "OutOfMemoryError" for x in chain) or "maxmemory" in text:
+        return "oom"
+    if "disk is full" in text or any(isinstance(x, OSError) and x.errno == errno.ENOSPC for x in chain):
+        return "disk_full"
+    if "locked" in text or "busy" in text:
+        return "busy"
+    if any(isinstance(x, sqlite3.IntegrityError) for x in chain) or "constraint" in text:
+        return "constraint"
+    if any(isinstance(x, StoreUnavailable) for x in chain):
+        return "store_unavailable"
+    return "other"
+
+
+def _message(err: BaseException) -> str:
+    text = str(err)
+    return text.partition(" unavailable: ")[2] or text
+
+
+class _Streak:
+    """Logs the first failure of a run (and a change of cause) and the recovery, never each retry."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self.cause: str | None = None
+        self._failures = 0
+        self._since = 0.0
+
+    def failed(self, cause: str, err: BaseException, waiting: int) -> None:
+        self._failures += 1
+        if cause == self.cause:
+            return
+        if self.cause is None:
+            self._since = time.monotonic()
+        self.cause = cause
+        log.warning("%s failed (%s): %s; %d records kept, retrying", self._what, cause, err, waiting)
+
+    def ok(self, waiting: int) -> None:
+        if self.cause is None:
+            return
+        log.warning(
+            "%s recovered after %d failed attempts in %.1fs; %d records waiting are being written",
+            self._what,
+            self._failures,
+            time.monotonic() - self._since,
+            waiting,
+        )
+        self.cause, self._failures = None, 0
 
 
 class Ledger:
-    def __init__(self, store: Store, *, flush_seconds: float = 0.2) -> None:
+    """The request ledger's writer: queue, store batches, spill files. See the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        flush_seconds: float = 0.2,
+        queue_max: int = 100_000,
+        spill_dir: str | Path = "data",
+        metrics: Metrics | None = None,
+    ) -> None:
         self._store = store
         self._flush_seconds = flush_seconds
+        self._queue_max = queue_max
+        self._dir = Path(spill_dir)
+        self._metrics = metrics
+        self._owner = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self._replays = 0
         self._queue: deque[LedgerRecord] = deque()
+        self._head: list[LedgerRecord] = []  # the batch that failed last: retried first, whole
+        self._writing = 0  # records of the batch being written
+        self._spilling = 0  # overflow records being appended to the spill file
+        self._overflow: list[LedgerRecord] = []  # past queue_max: the spill task appends it to _active
+        self._active: _SpillFile | None = None  # this process's own spill file
+        self._claimed: deque[_SpillFile] = deque()  # spill files being replayed into the store
+        self._files = asyncio.Lock()  # _active is created, appended to and rotated under it
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._spill_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._writes = _Streak("ledger store write")
+        self._disk = _Streak(f"ledger spill file I/O in {self._dir}")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="quotagate-ledger")
+        self._claimed.extend(_claim(self._dir, self._replay_path))  # a glob and a few renames, at boot
+        if self._claimed:
+            log.warning("ledger: replaying %d spill files left in %s", len(self._claimed), self._dir)
+        self._tasks = [
+            asyncio.create_task(self._run(), name="quotagate-ledger"),
+            asyncio.create_task(self._spill_loop(), name="quotagate-ledger-spill"),
+        ]
 
     def append(self, record: LedgerRecord) -> None:
-        self._queue.append(record)
-        if len(self._queue) >= BATCH:
-            self._wake.set()
+        """Queue one record: O(1), never blocks, never raises."""
+        if len(self._queue) + len(self._head) + self._writing < self._queue_max:
+            self._queue.append(record)
+            if len(self._queue) >= BATCH:
+                self._wake.set()
+        else:
+            self._overflow.append(record)
+            if len(self._overflow) >= BATCH:
+                self._spill_wake.set()
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Records not yet in the store: queued, overflowing or in spill files."""
+        spilled = sum(f.records for f in self._claimed) + (self._active.records if self._active else 0)
+        memory = len(self._queue) + len(self._head) + self._writing + len(self._overflow) + self._spilling
+        return memory + spilled
 
     async def flush(self) -> None:
-        while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+        """Write every queued record. A failed batch goes back to the head, whole; the error is raised."""
+        while self._head or self._queue:
+            if self._head:
+                batch, self._head = self._head, []
+            else:
+                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            self._writing = len(batch)
             try:
-                await self._store.write_ledger(batch)
-            except StoreUnavailable:
-                self._queue.extendleft(reversed(batch))  # keep order; retried on the next tick
+                await self._write(batch)
+            except BaseException:
+                self._head = batch
                 raise
+            finally:
+                self._writing = 0
 
-    async def _run(self) -> None:
-        while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
-            self._wake.clear()
-            try:
-                await self.flush()
-            except StoreUnavailable as e:
-                log.warning("ledger flush failed, %d records kept for retry: %s", len(self._queue), e)
-            except Exception:  # never let the writer die: the records stay queued
-                log.exception("ledger flush failed; %d records kept for retry", len(self._queue))
+    async def close(self, *, close_seconds: float = 5.0) -> None:
+        """Stop; write what is left while the store answers, for up to ``close_seconds``; spill the rest.
 
-    async def close(self, *, attempts: int = 20) -> None:
+        Spill files stay for the next process to replay: their locks are released here."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
-        for _ in range(attempts):
+        self._spill_wake.set()
+        for task in self._tasks:
+            with contextlib.suppress(Exception):  # they catch everything; never let a bug lose the queue
+                await task
+        self._tasks = []
+        self._queue.extend(self._overflow)
+        self._overflow = []
+        loop = asyncio.get_running_loop()
+        until = loop.time() + close_seconds
+        written = await self._tick(until)
+        while not written and loop.time() < until:
+            await asyncio.sleep(min(0.25, max(until - loop.time(), 0.0)))
+            written = await self._tick(until)
+        groups = [self._head] if self._head else []
+        groups += _chunks(list(self._queue))
+        self._head = []
+        self._queue.clear()
+        if groups:
             try:
+                await self._spill(groups)
+            except Exception:
+                lost = sum(map(len, groups))
+                log.error(
+                    "ledger: %d records lost at shutdown: the store and the spill dir %s both failed", lost, self._dir
+                )
+        await self._release()
+
+    # the writer
+
+    async def _run(self) -> None:
+        for f in list(self._claimed):
+            with contextlib.suppress(OSError):
+                f.records = await asyncio.to_thread(_count_lines, f.path)
+        while not self._closing:
+            if self._writes.cause is not None:
+                await asyncio.sleep(self._flush_seconds)  # a full queue must not turn retries into a busy loop
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
+            self._wake.clear()
+            await self._tick()
+
+    async def _tick(self, until: float | None = None) -> bool:
+        """The queue, then the spill files a group at a time between queue flushes; never raises.
+
+        Returns False when a write failed (the records are kept). Replay stops at ``until`` (loop time),
+        or when closing if no ``until`` is given."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
                 await self.flush()
+                if self._active is not None and self._active.records and not self._claimed:
+                    await self._rotate()
+                stop = self._closing if until is None else loop.time() >= until
+                if not self._claimed or stop:
+                    return True
+                await self._replay_one()
+        except Exception:  # counted and logged once per streak by _write / _disk_op
+            return False
+        finally:
+            self._gauge()
+
+    async def _write(self, batch: list[LedgerRecord]) -> None:
+        try:
+            await self._store.write_ledger(batch)
+        except Exception as e:
+            cause = error_cause(e)
+            if self._metrics is not None:
+                self._metrics.ledger_write_errors.labels(cause).inc()
+            self._writes.failed(cause, e, self.pending)
+            raise
+        self._writes.ok(self.pending)
+
+    async def _replay_one(self) -> None:
+        f = self._claimed[0]
+        records, end, lines, eof = await self._disk_op(_read_group, f.path, f.offset)
+        if records:
+            await self._write(records)
+        f.offset, f.records = end, max(f.records - lines, 0)
+        if eof:
+            await self._disk_op(_delete, f)
+            self._claimed.popleft()
+
+    async def _rotate(self) -> None:
+        """Hand this process's spill file over to the replay; the spill task starts a new one."""
+        async with self._files:
+            f = self._active
+            if f is None or not f.records:
                 return
-            except StoreUnavailable:
-                await asyncio.sleep(0.25)
-        if self._queue:
-            log.error("ledger: %d records could not be written at shutdown", len(self._queue))
+            await self._disk_op(_rename, f, self._replay_path())
+            self._active = None
+            self._claimed.append(f)
+
+    # the spill task
+
+    async def _spill_loop(self) -> None:
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._spill_wake.wait(), self._flush_seconds)
+            self._spill_wake.clear()
+            if self._overflow:
+                records, self._overflow = self._overflow, []
+                self._spilling = len(records)
+                try:
+                    await self._spill(_chunks(records))
+                except Exception:
+                    self._overflow[:0] = records  # kept in memory, in order; retried on the next tick
+                finally:
+                    self._spilling = 0
+
+    async def _spill(self, groups: list[list[LedgerRecord]]) -> None:
+        async with self._files:
+            if self._active is None:
+                self._active = await self._disk_op(_create, self._dir, self._owner)
+            await self._disk_op(_append, self._active, groups)
+        self._gauge()
+
+    async def _disk_op(self, fn: Callable[..., _T], *args: Any) -> _T:
+        try:
+            result = await asyncio.to_thread(fn, *args)
+        except Exception as e:
+            self._disk.failed(error_cause(e), e, self.pending)
+            raise
+        self._disk.ok(self.pending)
+        return result
+
+    async def _release(self) -> None:
+        async with self._files:
+            active, self._active = self._active, None
+            files = [*self._claimed, *([active] if active else [])]
+            self._claimed.clear()
+        if active is not None and active.size == 0:
+            with contextlib.suppress(OSError):
+                active.path.unlink()  # created, never written to
+        waiting = sum(f.records for f in files)
+        for f in files:
+            os.close(f.fd)
+        if waiting:
+            log.warning("ledger: %d records wait in spill files in %s for the next start", waiting, self._dir)
+        self._gauge(waiting)
+
+    def _replay_path(self) -> Path:
+        self._replays += 1
+        return self._dir / f"ledger-replay-{self._owner}-{self._replays}.replaying"
+
+    def _gauge(self, value: int | None = None) -> None:
+        if self._metrics is not None:
+            self._metrics.ledger_queue_depth.set(self.pending if value is None else value)
+
+
+# Spill files. These functions block: they run in a thread (asyncio.to_thread), except _claim at boot.
+
+
+@dataclass(slots=True, eq=False)
+class _SpillFile:
+    """A spill file this process holds the lock of: its own (appended to) or one being replayed."""
+
+    path: Path
+    fd: int  # holds the flock for as long as the file is ours
+    records: int = 0  # records in it not yet in the store
+    size: int = 0  # bytes known good: a failed append is truncated back to here
+    offset: int = 0  # replay: bytes already in the store
+
+
+def _chunks(records: list[LedgerRecord]) -> list[list[LedgerRecord]]:
+    return [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
+
+
+def _create(directory: Path, owner: str) -> _SpillFile:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"ledger-spill-{owner}.jsonl"
+    tmp = directory / f".{path.name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, path)  # visible under its claimable name only once locked
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return _SpillFile(path, fd)
+
+
+def _append(f: _SpillFile, groups: Sequence[Sequence[LedgerRecord]]) -> None:
+    first = f.size  # group numbers only need to differ between neighbours: the byte offset will do
+    data = b"".join(
+        orjson.dumps({"b": first + i, "r": r}, default=str) + b"\n" for i, group in enumerate(groups) for r in group
+    )
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(f.fd, view) :]
+        os.fsync(f.fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(f.fd, f.size)
+        raise
+    f.size += len(data)
+    f.records += sum(map(len, groups))
+
+
+def _claim(directory: Path, name: Callable[[], Path]) -> list[_SpillFile]:
+    """Take every spill file whose owner is gone: lock it, then rename it to a name of our own."""
+    if not directory.is_dir():
+        return []
+    out: list[_SpillFile] = []
+    for path in sorted(p for pattern in SPILL_PATTERNS for p in directory.glob(pattern)):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # another process claimed it meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its owner is alive
+            target = name()
+            os.rename(path, target)  # FileNotFoundError: claimed by another process first
+        except OSError:
+            os.close(fd)
+            continue
+        out.append(_SpillFile(target, fd))
+    return out
+
+
+def _count_lines(path: Path) -> int:
+    n = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            n += chunk.count(b"\n")
+    return n
+
+
+def _read_group(path: Path, offset: int) -> tuple[list[LedgerRecord], int, int, bool]:
+    """The group starting at ``offset``: (records, end offset, lines consumed, end of file reached)."""
+    records: list[LedgerRecord] = []
+    group: object = None
+    lines = 0
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        while len(records) < BATCH:
+            line = fh.readline()
+            if not line:
+                return records, offset, lines, True
+            if not line.endswith(b"\n"):
+                log.warning(
+                    "ledger spill file %s: skipped a torn last line (%d bytes, a crash mid-write)", path, len(line)
+                )
+                return records, offset + len(line), lines, True
+            try:
+                doc = orjson.loads(line)
+                g, record = doc["b"], LedgerRecord(**{k: v for k, v in doc["r"].items() if k in _FIELDS})
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                log.error("ledger spill file %s: skipped an unreadable line at byte %d: %s", path, offset, e)
+                offset, lines = offset + len(line), lines + 1
+                continue
+            if records and g != group:
+                break
+            group = g
+            records.append(record)
+            offset, lines = offset + len(line), lines + 1
+    return records, offset, lines, False
+
+
+def _rename(f: _SpillFile, target: Path) -> None:
+    os.rename(f.path, target)
+    f.path = target
+
+
+def _delete(f: _SpillFile) -> None:
+    f.path.unlink()
+    os.close(f.fd)

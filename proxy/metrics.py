@@ -63,6 +63,7 @@ OPERATIONS = ("chat", "text_completion", "embeddings", "responses")
 TOKEN_TYPES = ("input", "cached_input", "output", "reasoning")
 PARTS = ("system", "tools", "history", "new")
 UNITS = ("tokens", "usd")
+LEDGER_ERROR_CAUSES = ("store_unavailable", "busy", "disk_full", "constraint", "oom", "other")
 OTHER = "other"
 UNKNOWN_TEAM = "unknown"
 
@@ -187,6 +188,21 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
+        # Per process; a scrape sums the live workers' queues.
+        self.ledger_queue_depth = Gauge(
+            "quotagate_ledger_queue_depth",
+            "Ledger records not yet in the store: queued in memory or in spill files.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.ledger_write_errors = Counter(
+            "quotagate_ledger_write_errors",
+            "Failed ledger store writes (each is retried; no record is dropped), by cause.",
+            ["cause"],
+            registry=r,
+        )
+        for cause in LEDGER_ERROR_CAUSES:
+            self.ledger_write_errors.labels(cause)
         # Budget state lives in the shared store: the scraping process reads it at scrape time (one store
         # round trip, see Gateway.scrape), so the gauges never lag and no worker's stale value wins.
         self._budgets = _BudgetCollector()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -47,9 +48,10 @@ PAGE = 1000  # stream entries per XRANGE
 KEYS_KEY = "qg:keys"
 OVERRIDES_KEY = "qg:overrides"
 LEDGER_KEY = "qg:ledger"
+LEDGER_DEDUP_MS = 6 * 3_600_000  # a batch written again within this long is skipped (ledger_v2.lua)
 
 _LEDGER_FIELDS = frozenset(f.name for f in dataclasses.fields(LedgerRecord))
-_SCRIPTS = ("reserve_v1", "settle_v1", "extend_v1", "reap_v1", "add_usage_v1", "revoke_key_v1", "ledger_v1")
+_SCRIPTS = ("reserve_v1", "settle_v1", "extend_v1", "reap_v1", "add_usage_v1", "revoke_key_v1", "ledger_v2")
 _PIPELINED = frozenset({"reserve_v1", "settle_v1"})  # the per-request scripts
 
 
@@ -334,15 +336,22 @@ class RedisStore:
     # ledger
 
     async def write_ledger(self, records: Sequence[LedgerRecord]) -> None:
+        """Append records; the same batch again within LEDGER_DEDUP_MS is skipped (a retry or a replay).
+
+        Per batch, not per record: a marker per batch costs ~100 bytes for LEDGER_DEDUP_MS, one per
+        record would cost that for every request. The ledger retries and replays whole batches."""
         if not records:
             return
-        args: list[str | int | bytes] = []
+        digest = hashlib.blake2b(b"\n".join(r.request_id.encode() for r in records), digest_size=12).hexdigest()
+        # the marker's hash tag is the stream's name: the same cluster slot as the stream
+        keys = [LEDGER_KEY, f"{{{LEDGER_KEY}}}:b:{digest}"]
+        args: list[str | int | bytes] = [LEDGER_DEDUP_MS]
         for r in records:  # one field per entry: the record as JSON (orjson encodes dataclasses natively)
             args += [_ms(r.ts), 1, "r", orjson.dumps(r)]
-        await self._script("ledger_v1", [LEDGER_KEY], args)
+        await self._script("ledger_v2", keys, args)
 
     async def _read_ledger(self, since: float, team: str | None) -> list[tuple[bytes, LedgerRecord]]:
-        """Every record with ts >= since; stream ids are >= the record's ts (ledger_v1.lua)."""
+        """Every record with ts >= since; stream ids are >= the record's ts (ledger_v2.lua)."""
         out: list[tuple[bytes, LedgerRecord]] = []
         start: str | bytes = str(max(_ms(since) - 1, 0))
         with self._guard():

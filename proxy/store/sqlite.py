@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS overrides (team TEXT PRIMARY KEY, budgets TEXT NOT NU
 CREATE TABLE IF NOT EXISTS ledger ({", ".join(_LEDGER_COLUMNS)});
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
 CREATE INDEX IF NOT EXISTS ledger_team_ts ON ledger (team, ts);
+CREATE INDEX IF NOT EXISTS ledger_request_id ON ledger (request_id);
 """
 
 _USAGE_SQL = """
@@ -374,10 +375,17 @@ class SqliteStore:
     # ledger
 
     async def write_ledger(self, records: Sequence[LedgerRecord]) -> None:
+        """Append records, skipping a request_id the ledger holds already: a replayed batch lands once.
+
+        A plain index and ``NOT EXISTS`` rather than a UNIQUE index: a ledger written before this check may
+        hold duplicates, and opening it must not fail (writes are serialised, so the check is exact)."""
         if not records:
             return
-        rows = [_ROW(r) for r in records]
-        sql = f"INSERT INTO ledger ({', '.join(_LEDGER_COLUMNS)}) VALUES ({_PLACEHOLDERS})"
+        rows = [(*_ROW(r), r.request_id) for r in records]
+        sql = (
+            f"INSERT INTO ledger ({', '.join(_LEDGER_COLUMNS)}) SELECT {_PLACEHOLDERS} "
+            "WHERE NOT EXISTS (SELECT 1 FROM ledger WHERE request_id = ?)"
+        )
         await self._write(lambda con: con.executemany(sql, rows))
 
     async def usage(self, since: float, team: str | None = None) -> list[UsageRow]:

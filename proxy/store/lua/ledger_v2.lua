@@ -1,20 +1,30 @@
--- ledger_v1: append ledger records to the stream with ids derived from the records' own timestamps.
+-- ledger_v2: append a batch of ledger records to the stream, once, with ids derived from the records' own
+-- timestamps.
 --
 -- KEYS[1]  stream qg:ledger
--- ARGV     per record: ts ms, number of fields, then field, value pairs
+-- KEYS[2]  batch marker {qg:ledger}:b:<digest of the batch's request ids> (the stream's cluster slot)
+-- ARGV[1]  marker lifetime, ms
+-- ARGV     then per record: ts ms, number of fields, then field, value pairs
+--
+-- A batch whose marker exists was written already (a retry after a lost reply, or a spill file replayed
+-- again after a crash): nothing is added. The marker is set after the records, so a script that fails
+-- midway is retried whole: a duplicate at worst, never a loss.
 --
 -- Each record gets the id max(ts, last id's ms)-seq: ids stay strictly increasing even when records arrive
 -- out of order, and id >= ts always holds, so XRANGE from `since` finds every record with ts >= since
 -- whatever the Redis server's clock says. Entries are never trimmed by quotagate.
 -- Returns the number of records added.
 
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
 local ms, seq = -1, 0
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #last > 0 then
   local a, b = string.match(last[1][1], '^(%d+)-(%d+)$')
   ms, seq = tonumber(a), tonumber(b)
 end
-local i, n = 1, 0
+local i, n = 2, 0
 while i <= #ARGV do
   local ts = tonumber(ARGV[i])
   local nf = tonumber(ARGV[i + 1])
@@ -34,4 +44,5 @@ while i <= #ARGV do
   i = i + 2 + 2 * nf
   n = n + 1
 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 return n
