@@ -12,12 +12,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 
 from .errors import AuthenticationError, InvalidRequest, NotFound, ProxyError, render
 from .settings import BudgetSettings, hash_key
 from .store.base import KeyRecord
+from .units import rfc3339, usd
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -26,6 +29,12 @@ if TYPE_CHECKING:
 class NewKey(BaseModel):
     team: str
     name: str | None = None
+
+
+class Budgets(BaseModel):
+    """A team's budgets, each as in the config's ``budgets:`` (window, tokens | usd, warn_at, downgrade_to)."""
+
+    budgets: list[dict[str, Any]]
 
 
 def new_key() -> str:
@@ -48,7 +57,7 @@ async def usage_payload(gw: Gateway, team: str, *, since: float) -> dict[str, An
     keys = [k for k in gw.settings.keys if k.team == team]
     return {
         "team": team,
-        "since": since,
+        "since": rfc3339(since),
         "usage": [
             {
                 "model": r.model,
@@ -57,7 +66,7 @@ async def usage_payload(gw: Gateway, team: str, *, since: float) -> dict[str, An
                 "cached_input_tokens": r.cached_input_tokens,
                 "output_tokens": r.output_tokens,
                 "reasoning_tokens": r.reasoning_tokens,
-                "cost_usd": r.cost_micro_usd / 1e6,
+                "cost_usd": usd(r.cost_micro_usd),
                 "cost_micro_usd": r.cost_micro_usd,
             }
             for r in rows
@@ -72,7 +81,9 @@ async def usage_payload(gw: Gateway, team: str, *, since: float) -> dict[str, An
 
 
 def admin_app(gw: Gateway) -> FastAPI:
-    app = FastAPI(title="quotagate admin", docs_url="/admin/docs", openapi_url="/admin/openapi.json")
+    # No Swagger UI: it loads its assets from a CDN (nothing offline would render) and no installed package
+    # ships them. The OpenAPI document is served below, behind the admin guard like everything here.
+    app = FastAPI(title="quotagate admin", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ProxyError)
     async def _proxy_error(_: Request, err: ProxyError) -> JSONResponse:
@@ -82,6 +93,20 @@ def admin_app(gw: Gateway) -> FastAPI:
             status_code=status,
             headers={k: v for k, v in headers.items() if k != "content-type"},
         )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ())]
+        where = ".".join(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
+        bad = InvalidRequest(f"{where}: {first.get('msg')}" if where else str(first.get("msg")), param=where or None)
+        return await _proxy_error(request, bad)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, err: HTTPException) -> JSONResponse:
+        wrapped = ProxyError(str(err.detail), code="not_found" if err.status_code == 404 else None)
+        wrapped.status, wrapped.type = err.status_code, "invalid_request_error"
+        return await _proxy_error(request, wrapped)
 
     def guard(authorization: str | None = Header(default=None)) -> None:
         expected = gw.settings.admin_key
@@ -95,6 +120,10 @@ def admin_app(gw: Gateway) -> FastAPI:
         if team not in gw.settings.teams:
             raise NotFound(f"Unknown team '{team}'.", code="team_not_found")
         return team
+
+    @app.get("/admin/openapi.json", dependencies=[Depends(guard)], include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
 
     @app.get("/admin/usage", dependencies=[Depends(guard)])
     async def usage(team: str | None = None, since_seconds: float = 7 * 86400) -> dict[str, Any]:
@@ -112,10 +141,11 @@ def admin_app(gw: Gateway) -> FastAPI:
         }
 
     @app.put("/admin/teams/{team}/budgets", dependencies=[Depends(guard)])
-    async def put_budgets(team: str, body: list[dict[str, Any]]) -> dict[str, Any]:
+    async def put_budgets(team: str, body: Budgets | list[dict[str, Any]]) -> dict[str, Any]:
         team_or_404(team)
+        given = body.budgets if isinstance(body, Budgets) else body  # {"budgets": [...]}, or the bare list
         try:
-            budgets = [BudgetSettings.model_validate(b) for b in body]
+            budgets = [BudgetSettings.model_validate(b) for b in given]
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"])

@@ -126,8 +126,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--window", required=True, choices=("minute", "hour", "day", "week", "month"), help="calendar window, UTC"
     )
     unit = t.add_mutually_exclusive_group(required=True)
-    unit.add_argument("--usd", type=_amount, help="limit in dollars, e.g. 50 or 12.5")
-    unit.add_argument("--tokens", type=int, help="limit in tokens")
+    unit.add_argument("--usd", type=_amount, help="limit in dollars, e.g. 50 or 12.5 (required: this or --tokens)")
+    unit.add_argument("--tokens", type=int, help="limit in tokens (required: this or --usd)")
     t.add_argument("--warn-at", type=float, help="used fraction (0-1) past which downgrade_to applies (default: none)")
     t.add_argument("--downgrade-to", metavar="MODEL", help="cheaper model to serve with past --warn-at (default: none)")
     add_config_option(t)

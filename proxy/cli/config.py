@@ -33,5 +33,5 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "(--config, $QUOTAGATE_CONFIG, ./config/quotagate.yaml, else the packaged default).",
     )
     c.add_argument("path", nargs="?", metavar="PATH", help="config file (default: the one `serve` would load)")
-    c.add_argument("--config", metavar="PATH", help="same as PATH")
+    c.add_argument("--config", metavar="PATH", help="same as PATH (default: the config `serve` would load)")
     c.set_defaults(fn=cmd_check_config)
