@@ -59,7 +59,9 @@ OUTCOMES = (
     "invalid_request",
     "unauthorized",
 )
-OPERATIONS = ("chat", "text_completion", "embeddings", "responses")
+# "stateful": reading, listing, cancelling or deleting stored responses and chat completions, counting
+# input tokens, reading one model (no tokens, no spend)
+OPERATIONS = ("chat", "text_completion", "embeddings", "responses", "stateful")
 TOKEN_TYPES = ("input", "cached_input", "output", "reasoning")
 PARTS = ("system", "tools", "history", "new")
 UNITS = ("tokens", "usd")
@@ -87,7 +89,7 @@ class RequestOutcome:
     team: str | None  # None = unauthenticated
     model: str  # client-facing model name as requested; unknown -> "other"
     provider: str  # configured provider name ("" if unknown)
-    operation: str  # chat | text_completion | embeddings | responses
+    operation: str  # one of OPERATIONS
     outcome: str  # one of OUTCOMES
     status: int
     error_type: str | None  # e.g. "rate_limit_exceeded", "upstream_502", "timeout"; None on success

@@ -1,7 +1,9 @@
 """An OpenAI-compatible fake provider for demos, tests and benchmarks (`quotagate mock-upstream`).
 
 It answers /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and /v1/models with
-shapes the official `openai` SDK accepts, and deterministic output: N tokens of a fixed word list in which
+shapes the official `openai` SDK accepts (and keeps responses, and chat completions created with
+``store: true``, in memory for the stateful endpoints: retrieve, list, input items, messages, update,
+cancel, delete, input token counts), and deterministic output: N tokens of a fixed word list in which
 every word is one token in both cl100k_base and o200k_base, streamed one token per chunk. Prompt usage is
 counted with `proxy.count`, i.e. the same tokenizer as the gateway's own pre-count, so tests can compare
 the two exactly.
@@ -93,11 +95,25 @@ class _BadRequest(Exception):
 
 
 @dataclass(slots=True)
+class _StoredResponse:
+    response: dict[str, Any]
+    input_items: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class _StoredCompletion:
+    completion: dict[str, Any]
+    messages: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
 class _State:
     config: MockConfig
     counter: Counter = field(default_factory=Counter)
     requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECORDED_REQUESTS))
     ids: Iterator[int] = field(default_factory=itertools.count)
+    responses: dict[str, _StoredResponse] = field(default_factory=dict)
+    completions: dict[str, _StoredCompletion] = field(default_factory=dict)  # insertion order = created order
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,31 +579,33 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "system_fingerprint": _fingerprint(body),
     }
     ttft, tpot = _ttft(state.config, prompt), _tpot(state.config, ctl)
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": plan.text,
+        "refusal": None,
+        "annotations": [],
+    }
+    if plan.tool_call is not None:
+        message["content"] = None
+        message["tool_calls"] = [
+            {
+                "id": plan.tool_call[0],
+                "type": "function",
+                "function": {"name": plan.tool_call[1], "arguments": plan.text},
+            }
+        ]
+    out = {
+        **base,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish}],
+        "service_tier": "default",
+    }
+    if not ctl.no_usage:
+        out["usage"] = _chat_usage(plan)
+    if body.get("store") is True:
+        _store_completion(state, out, body, messages)
     if not stream:
         await _sleep(ttft + tpot * len(plan.pieces))
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": plan.text,
-            "refusal": None,
-            "annotations": [],
-        }
-        if plan.tool_call is not None:
-            message["content"] = None
-            message["tool_calls"] = [
-                {
-                    "id": plan.tool_call[0],
-                    "type": "function",
-                    "function": {"name": plan.tool_call[1], "arguments": plan.text},
-                }
-            ]
-        out = {
-            **base,
-            "object": "chat.completion",
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish}],
-            "service_tier": "default",
-        }
-        if not ctl.no_usage:
-            out["usage"] = _chat_usage(plan)
         return _json(out)
 
     head = {**base, "object": "chat.completion.chunk", "service_tier": "default"}
@@ -726,7 +744,7 @@ def _response_object(
         "object": "response",
         "created_at": created,
         "status": status,
-        "background": False,
+        "background": body.get("background") is True,
         "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
         "instructions": body.get("instructions"),
@@ -737,7 +755,7 @@ def _response_object(
         "previous_response_id": body.get("previous_response_id"),
         "reasoning": {"effort": None, "summary": None},
         "service_tier": "default",
-        "store": True,
+        "store": body.get("store") is not False,
         "temperature": 1.0,
         "text": {"format": {"type": "text"}},
         "tool_choice": "auto",
@@ -746,7 +764,7 @@ def _response_object(
         "truncation": "disabled",
         "usage": usage,
         "user": None,
-        "metadata": {},
+        "metadata": body.get("metadata") or {},
     }
 
 
@@ -756,6 +774,17 @@ async def responses(request: web.Request) -> web.StreamResponse:
     model = _model(body)
     if "input" not in body:
         raise _BadRequest("you must provide an input parameter", "input")
+    previous = body.get("previous_response_id")
+    if previous is not None and previous not in state.responses:
+        return _json(
+            _openai_error(
+                f"Previous response with id '{previous}' not found.",
+                "invalid_request_error",
+                "previous_response_not_found",
+                "previous_response_id",
+            ),
+            404,
+        )
     stream = body.get("stream") is True
     prompt = (
         await state.counter.aresponses(
@@ -773,6 +802,11 @@ async def responses(request: web.Request) -> web.StreamResponse:
     part = {"type": "output_text", "text": plan.text, "annotations": [], "logprobs": []}
     item = {"id": mid, "type": "message", "status": status, "role": "assistant", "content": [part]}
     ttft, tpot = _ttft(state.config, prompt), _tpot(state.config, ctl)
+    if body.get("background") is True and not stream:  # queued; only ever cancelled (nothing runs it)
+        queued = _response_object(rid, body, model, created, "queued", [], None)
+        _store_response(state, queued, body)
+        return _json(queued)
+    _store_response(state, _response_object(rid, body, model, created, status, [item], usage), body)
     if not stream:
         await _sleep(ttft + tpot * len(plan.pieces))
         return _json(_response_object(rid, body, model, created, status, [item], usage))
@@ -855,6 +889,146 @@ async def responses(request: web.Request) -> web.StreamResponse:
     return await _stream(request, ctl, ttft, tpot, opening, content, closing, error_event)
 
 
+# ---------------------------------------------------------------- stored objects
+
+
+def _not_found(what: str, object_id: str) -> web.Response:
+    return _json(_openai_error(f"{what} with id '{object_id}' not found.", "invalid_request_error"), 404)
+
+
+def _page(items: list[dict[str, Any]], query: Mapping[str, str], default_order: str) -> dict[str, Any]:
+    """One page of a cursor list (``limit``, ``after``, ``order``), as OpenAI's list endpoints answer."""
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        raise _BadRequest("Invalid 'limit': expected an integer.", "limit") from None
+    if not 1 <= limit <= 100:
+        raise _BadRequest("Invalid 'limit': expected an integer between 1 and 100.", "limit")
+    ordered = items if query.get("order", default_order) == "asc" else items[::-1]
+    after = query.get("after")
+    if after:
+        at = next((i for i, item in enumerate(ordered) if item.get("id") == after), None)
+        if at is None:
+            raise _BadRequest(f"Invalid 'after': no object with id '{after}'.", "after")
+        ordered = ordered[at + 1 :]
+    data = ordered[:limit]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(ordered) > limit,
+    }
+
+
+def _input_items(state: _State, value: Any) -> list[dict[str, Any]]:
+    entries = [{"role": "user", "content": value}] if isinstance(value, str) else value
+    items: list[dict[str, Any]] = []
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, dict):
+            continue
+        item = {"id": _new_id(state, "msg_"), "type": "message", "status": "completed", **entry}
+        if isinstance(item.get("content"), str):
+            item["content"] = [{"type": "input_text", "text": item["content"]}]
+        items.append(item)
+    return items
+
+
+def _store_response(state: _State, response: dict[str, Any], body: Mapping[str, Any]) -> None:
+    if body.get("store") is not False:
+        state.responses[response["id"]] = _StoredResponse(response, _input_items(state, body["input"]))
+
+
+def _store_completion(state: _State, out: dict[str, Any], body: Mapping[str, Any], messages: list[Any]) -> None:
+    stored = {**out, "metadata": body.get("metadata") or {}}
+    listed = [{"id": f"{out['id']}-{i}", **m} for i, m in enumerate(messages) if isinstance(m, dict)]
+    state.completions[out["id"]] = _StoredCompletion(stored, listed)
+
+
+async def get_response(request: web.Request) -> web.StreamResponse:
+    stored = request.app[STATE].responses.get(rid := request.match_info["id"])
+    return _json(stored.response) if stored is not None else _not_found("Response", rid)
+
+
+async def delete_response(request: web.Request) -> web.StreamResponse:
+    if request.app[STATE].responses.pop(rid := request.match_info["id"], None) is None:
+        return _not_found("Response", rid)
+    return _json({"id": rid, "object": "response", "deleted": True})
+
+
+async def response_input_items(request: web.Request) -> web.StreamResponse:
+    stored = request.app[STATE].responses.get(rid := request.match_info["id"])
+    if stored is None:
+        return _not_found("Response", rid)
+    return _json(_page(stored.input_items, request.query, "desc"))
+
+
+async def cancel_response(request: web.Request) -> web.StreamResponse:
+    stored = request.app[STATE].responses.get(rid := request.match_info["id"])
+    if stored is None:
+        return _not_found("Response", rid)
+    if not stored.response["background"]:
+        raise _BadRequest("Only responses created with background=true can be cancelled.")
+    if stored.response["status"] in ("queued", "in_progress"):
+        stored.response = {**stored.response, "status": "cancelled"}
+    return _json(stored.response)
+
+
+async def input_tokens(request: web.Request) -> web.StreamResponse:
+    state, body = request.app[STATE], request[CTX].body
+    model = body.get("model")
+    previous = body.get("previous_response_id")
+    if previous is not None and previous not in state.responses:
+        return _not_found("Previous response", previous)
+    if not isinstance(model, str) or not model:
+        model = state.responses[previous].response["model"] if previous is not None else "gpt-4o-mini"
+    counted = await state.counter.aresponses(
+        body.get("input") or "", body.get("instructions"), body.get("tools"), model=model, encoding=_encoding_for(model)
+    )
+    return _json({"object": "response.input_tokens", "input_tokens": counted.tokens})
+
+
+async def list_chat_completions(request: web.Request) -> web.StreamResponse:
+    query = request.query
+    metadata = {k[len("metadata[") : -1]: v for k, v in query.items() if k.startswith("metadata[") and k.endswith("]")}
+    items = [
+        c.completion
+        for c in request.app[STATE].completions.values()
+        if query.get("model") in (None, c.completion["model"])
+        and all(c.completion["metadata"].get(k) == v for k, v in metadata.items())
+    ]
+    return _json(_page(items, query, "asc"))
+
+
+async def get_chat_completion(request: web.Request) -> web.StreamResponse:
+    stored = request.app[STATE].completions.get(cid := request.match_info["id"])
+    return _json(stored.completion) if stored is not None else _not_found("Chat completion", cid)
+
+
+async def update_chat_completion(request: web.Request) -> web.StreamResponse:
+    stored = request.app[STATE].completions.get(cid := request.match_info["id"])
+    if stored is None:
+        return _not_found("Chat completion", cid)
+    metadata = request[CTX].body.get("metadata")
+    if not isinstance(metadata, dict):
+        raise _BadRequest("Missing required parameter: 'metadata'.", "metadata")
+    stored.completion = {**stored.completion, "metadata": metadata}
+    return _json(stored.completion)
+
+
+async def delete_chat_completion(request: web.Request) -> web.StreamResponse:
+    if request.app[STATE].completions.pop(cid := request.match_info["id"], None) is None:
+        return _not_found("Chat completion", cid)
+    return _json({"id": cid, "object": "chat.completion.deleted", "deleted": True})
+
+
+async def chat_completion_messages(request: web.Request) -> web.StreamResponse:
+    stored = request.app[STATE].completions.get(cid := request.match_info["id"])
+    if stored is None:
+        return _not_found("Chat completion", cid)
+    return _json(_page(stored.messages, request.query, "asc"))
+
+
 def _model_entry(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "quotagate-mock"}
 
@@ -888,6 +1062,16 @@ def build_app(config: MockConfig) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/v1/responses/input_tokens", input_tokens)
+    app.router.add_get("/v1/responses/{id}", get_response)
+    app.router.add_delete("/v1/responses/{id}", delete_response)
+    app.router.add_get("/v1/responses/{id}/input_items", response_input_items)
+    app.router.add_post("/v1/responses/{id}/cancel", cancel_response)
+    app.router.add_get("/v1/chat/completions", list_chat_completions)
+    app.router.add_get("/v1/chat/completions/{id}", get_chat_completion)
+    app.router.add_post("/v1/chat/completions/{id}", update_chat_completion)
+    app.router.add_delete("/v1/chat/completions/{id}", delete_chat_completion)
+    app.router.add_get("/v1/chat/completions/{id}/messages", chat_completion_messages)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/_mock/requests", recorded_requests)

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -43,10 +43,13 @@ from .parse import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, ParsedReq
 from .pricing import Price, price_of
 from .settings import ModelSettings, Settings, TeamSettings
 from .settle import Accountant, Reservation, ids
-from .sse import StreamTap, body_output_text, read_body
+from .sse import StreamTap, body_output_text, object_id_of, read_body
 from .store.base import LedgerRecord
 from .upstream import DROP_RESPONSE, Upstream
 from .usage import Usage
+
+if TYPE_CHECKING:  # proxy.objects serves the stateful endpoints and imports this module
+    from .objects import Ownership
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -102,6 +105,7 @@ class Trace:
     trimmed: int = 0
     seed: int | None = None
     fingerprint: str | None = None
+    object_id: str | None = None  # the response or chat completion the provider created
     charged: bool = False  # reached the provider and is billed (usage reports add only these)
 
 
@@ -127,6 +131,7 @@ class Pipeline:
         self.spawn = spawn
         self.prices: dict[str, Price] = {name: price_of(m) for name, m in settings.models.items()}
         self._ids = ids("qg-")
+        self.objects: Ownership | None = None  # set by routes.Router, which serves what it records
 
     # ---- the request -----------------------------------------------------------------------------------
     async def handle(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
@@ -151,6 +156,8 @@ class Pipeline:
         raw = await _read_body(receive, self.s.max_body_bytes)
         req = parse(trace.endpoint, raw)
         trace.model, trace.stream = req.model, req.stream
+        if self.objects is not None:  # previous_response_id, conversation: the caller team's, or 404
+            await self.objects.check_references(principal.team, req)
         team = self.s.teams.get(principal.team)
         policy.check_model(self.s, team, req.model)
         trace.configured = True
@@ -339,6 +346,7 @@ class Pipeline:
                 headers.update(extra)
                 await _respond(send, resp.status, headers, raw, trace.request_id)
                 usage, trace.fingerprint, obj = read_body(raw)
+                trace.object_id = object_id_of(obj)
                 trace.usage = usage
                 if not usage.known and req.endpoint.has_output:
                     trace.counted_output = self.counter.text(body_output_text(obj), encoding=model.encoding)
@@ -430,6 +438,7 @@ class Pipeline:
             trace.upstream_s += time.perf_counter() - t_up
             trace.usage = tap.usage or Usage()
             trace.fingerprint = tap.fingerprint
+            trace.object_id = tap.object_id
             if tap.usage is None:
                 model = self.s.models[req.model]
                 trace.counted_output = self.counter.text(tap.output_text(), encoding=model.encoding)
@@ -457,6 +466,8 @@ class Pipeline:
             trace.cost = price.cost(used)
         elif not forwarded:
             used = Usage(0, 0, 0, 0)
+        if self.objects is not None and trace.object_id is not None:  # known at once, before any next request
+            self.spawn(self.objects.created(trace.endpoint, trace.object_id, trace.team, trace.provider))
         self.spawn(self._settle_and_record(trace, res, used))
 
     async def _settle_and_record(self, trace: Trace, res: Reservation | None, used: Usage) -> None:

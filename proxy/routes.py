@@ -12,6 +12,7 @@ from .admin import admin_app, usage_payload
 from .app import Gateway
 from .auth import key_from_headers
 from .errors import NotFound, ProxyError, StoreUnavailable, render
+from .objects import Ownership, StatefulRoutes, match, model_entry
 from .parse import ENDPOINTS
 from .pipeline import Receive, Scope, Send, _respond
 
@@ -20,6 +21,9 @@ class Router:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.admin = admin_app(gw)
+        ownership = Ownership(gw.store, gw.clock)
+        gw.pipeline.objects = ownership  # records the ids it creates, checks the ids it is given
+        self.stateful = StatefulRoutes(gw.settings, gw.keyring, ownership, gw.ledger, gw.metrics, gw.clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -34,12 +38,14 @@ class Router:
             if msg["type"] == "lifespan.startup":
                 try:
                     await self.gw.start()
+                    await self.stateful.start()
                 except Exception as e:
                     await send({"type": "lifespan.startup.failed", "message": f"{e.__class__.__name__}: {e}"})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 await self.gw.stop()
+                await self.stateful.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -47,10 +53,13 @@ class Router:
         path: str = scope["path"]
         method: str = scope["method"]
         endpoint = ENDPOINTS.get(path)
-        if endpoint is not None:
-            if method != "POST":
-                return await self._error(send, _method_not_allowed(method, path))
+        if endpoint is not None and method == "POST":
             return await self.gw.pipeline.handle(scope, receive, send, endpoint)
+        stateful = match(method, path)
+        if stateful is not None:
+            return await self.stateful.handle(scope, receive, send, *stateful)
+        if endpoint is not None:
+            return await self._error(send, _method_not_allowed(method, path))
         if path.startswith("/admin"):
             return await self.admin(scope, receive, send)  # type: ignore[arg-type]
         try:
@@ -80,15 +89,7 @@ class Router:
         created = int(time.time())
         return {
             "object": "list",
-            "data": [
-                {
-                    "id": m,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": self.gw.settings.models[m].provider,
-                }
-                for m in allowed
-            ],
+            "data": [model_entry(self.gw.settings, m, created) for m in allowed],
         }
 
     async def _usage(self, scope: Scope) -> dict[str, Any]:

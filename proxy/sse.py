@@ -38,7 +38,7 @@ class StreamTap:
     as one segment without being split; segments are only taken apart later, and only if the output has
     to be counted because no usage arrived."""
 
-    __slots__ = ("_buf", "_done", "_payloads", "_segments", "_strip", "fingerprint", "usage")
+    __slots__ = ("_buf", "_done", "_id_open", "_payloads", "_segments", "_strip", "fingerprint", "object_id", "usage")
 
     def __init__(self, *, strip_usage_chunk: bool) -> None:
         self._strip = strip_usage_chunk
@@ -48,6 +48,8 @@ class StreamTap:
         self._done = False
         self.usage: Usage | None = None
         self.fingerprint: str | None = None
+        self._id_open = True  # until the first event with a payload is read
+        self.object_id: str | None = None  # the chunk's `id`, or a Responses event's `response.id`
 
     @property
     def saw_done(self) -> bool:
@@ -77,6 +79,8 @@ class StreamTap:
             self._buf = buf
             return b"" if self._strip else chunk
         complete, self._buf = buf[:end], buf[end:]
+        if self._id_open:
+            self._find_id(complete)
         m: re.Match[bytes] | None = _USAGE.search(complete)
         if m is None:  # the common case: nothing to read now, nothing to drop
             self._segments.append(complete)
@@ -114,9 +118,25 @@ class StreamTap:
         rest, self._buf = self._buf, b""
         if not rest.strip():
             return rest if self._strip else b""
+        if self._id_open:
+            self._find_id(rest)
         self._read_segments()
         keep = self._event(rest)
         return rest if self._strip and keep else b""
+
+    def _find_id(self, events: bytes) -> None:
+        """Read the first event that has a payload, and only that one: the id of the object streamed."""
+        start = 0
+        while start < len(events):
+            m = _BOUNDARY.search(events, start)
+            data = _data_of(events[start : m.start() if m else len(events)])
+            if data and data != b"[DONE]":
+                self._id_open = False
+                self.object_id = object_id_of(_loads(data))
+                return
+            if m is None:
+                return
+            start = m.end()
 
     def _scan(self, events: bytes) -> bytes:
         kept: list[bytes] = []
@@ -222,3 +242,14 @@ def body_output_text(obj: Any) -> str:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 out.append(part["text"])
     return "".join(out)
+
+
+def object_id_of(obj: Any) -> str | None:
+    """The id of the object a response (or its stream's first event) describes: a chat completion's or chunk's
+    ``id``, a Responses event's ``response.id``; the stateful endpoints route and isolate by it."""
+    if not isinstance(obj, dict):
+        return None
+    inner = obj.get("response")
+    holder = inner if isinstance(inner, dict) else obj
+    found = holder.get("id")
+    return found if isinstance(found, str) and found else None

@@ -141,7 +141,8 @@ def test_body_over_max_body_bytes_is_413(env: Env) -> None:
 
 
 def test_wrong_method_and_unknown_url(env: Env) -> None:
-    resp = httpx.get(env.gw.url + "/v1/chat/completions", headers={"authorization": "Bearer sk-t1"})
+    # (GET /v1/chat/completions lists stored completions: tests/test_stateful_endpoints.py)
+    resp = httpx.get(env.gw.url + "/v1/embeddings", headers={"authorization": "Bearer sk-t1"})
     assert_openai_error(resp, 405, "method_not_allowed")
     assert_openai_error(httpx.get(env.gw.url + "/v1/nothing-here"), 404, "unknown_url")
 

@@ -12,7 +12,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from proxy.store import (
     UsageRow,
     open_store,
 )
+from proxy.store.base import OBJECT_RETENTION_S, ObjectRecord
 from tests.redis_server import free_port, start_redis
 
 T0 = 1_800_000_000.0  # the fake clock starts in the future: nothing may rely on Redis' own clock
@@ -582,3 +583,61 @@ async def test_reap_releases_slots_without_committing_them(store: Store, clock: 
     values = await store.counters([slot.key, DAY])
     assert values[slot.key] == CounterValue(used=0, reserved=0)  # the slot is free again, nothing committed
     assert values[DAY] == CounterValue(used=40, reserved=0)  # the budget is charged in full
+
+
+# objects: who owns a provider-side id (stateful endpoints)
+
+
+def obj(object_id: str, team: str = "search", kind: str = "response", created_at: float = T0) -> ObjectRecord:
+    return ObjectRecord(kind, object_id, team, "openai", created_at)
+
+
+async def test_objects_record_owner_and_provider(store: Store) -> None:
+    await store.put_object(obj("resp_a"))
+    await store.put_object(obj("resp_b", team="ads"))
+    await store.put_object(obj("resp_a", kind="chat.completion", team="ads"))  # kinds are separate namespaces
+    found = await store.find_objects("response", ["resp_a", "resp_b", "resp_never", "resp_a"])
+    assert found == {"resp_a": obj("resp_a"), "resp_b": obj("resp_b", team="ads")}
+    assert await store.find_objects("chat.completion", ["resp_a"]) == {
+        "resp_a": obj("resp_a", kind="chat.completion", team="ads")
+    }
+    assert await store.find_objects("response", []) == {}
+
+
+async def test_deleting_an_object_marks_it(store: Store) -> None:
+    await store.put_object(obj("resp_a"))
+    assert await store.delete_object("response", "resp_a") is True
+    assert await store.delete_object("response", "resp_a") is True  # already deleted: still known
+    assert await store.delete_object("response", "resp_never") is False
+    assert await store.find_objects("response", ["resp_a"]) == {"resp_a": replace(obj("resp_a"), deleted=True)}
+    assert await store.find_objects("response", ["resp_never"]) == {}  # deleting an unknown id created nothing
+
+
+async def test_objects_are_forgotten_after_their_retention(store: Store, clock: FakeClock) -> None:
+    await store.put_object(obj("resp_old", created_at=clock.now - OBJECT_RETENTION_S + 60))
+    await store.put_object(obj("resp_new"))
+    assert set(await store.find_objects("response", ["resp_old", "resp_new"])) == {"resp_old", "resp_new"}
+    clock.advance(61)
+    assert set(await store.find_objects("response", ["resp_old", "resp_new"])) == {"resp_new"}
+    assert await store.delete_object("response", "resp_old") is False
+    await store.put_object(obj("resp_next", created_at=clock.now))  # a write sweeps what expired
+    assert set(await store.find_objects("response", ["resp_old", "resp_new", "resp_next"])) == {"resp_new", "resp_next"}
+
+
+async def test_objects_survive_reopen(backend: Backend, store: Store) -> None:
+    if not backend.durable:
+        pytest.skip("memory store is not durable")
+    await store.put_object(obj("resp_a", team="ads"))
+    await store.delete_object("response", "resp_a")
+    await store.put_object(obj("chatcmpl-1", kind="chat.completion"))
+    again = backend.make()
+    await again.open()
+    try:
+        assert await again.find_objects("response", ["resp_a"]) == {
+            "resp_a": replace(obj("resp_a", team="ads"), deleted=True)
+        }
+        assert await again.find_objects("chat.completion", ["chatcmpl-1"]) == {
+            "chatcmpl-1": obj("chatcmpl-1", kind="chat.completion")
+        }
+    finally:
+        await again.close()

@@ -129,6 +129,24 @@ class UsageRow:
     cost_micro_usd: int
 
 
+# How long a provider keeps a stored response or chat completion by default (30 days): past it, quotagate
+# forgets whose it was, so an id reads as unknown (404), as the provider would answer.
+OBJECT_RETENTION_S = 30 * 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRecord:
+    """An object a provider created for a request through quotagate (a response, a chat completion): the
+    team it belongs to, and the provider that holds it (where requests naming its id are sent)."""
+
+    kind: str  # "response" | "chat.completion"
+    object_id: str
+    team: str
+    provider: str  # configured provider name
+    created_at: float  # epoch seconds, by the gateway's clock
+    deleted: bool = False
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -156,3 +174,9 @@ class Store(Protocol):
     async def write_ledger(self, records: Sequence[LedgerRecord]) -> None: ...
     async def usage(self, since: float, team: str | None = None) -> list[UsageRow]: ...
     async def ledger(self, since: float, team: str | None = None, limit: int = 1000) -> list[LedgerRecord]: ...
+
+    # objects created through the gateway: who owns them. A record older than OBJECT_RETENTION_S (by the
+    # store's clock) reads as missing; delete_object only marks a record (True if it existed).
+    async def put_object(self, record: ObjectRecord) -> None: ...
+    async def find_objects(self, kind: str, object_ids: Sequence[str]) -> dict[str, ObjectRecord]: ...
+    async def delete_object(self, kind: str, object_id: str) -> bool: ...

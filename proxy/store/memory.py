@@ -10,12 +10,24 @@ window has already ended: charging it could only create a counter that reads as 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from proxy.store.base import Admitted, CounterValue, Denied, Hold, KeyRecord, Lease, LedgerRecord, UsageRow
+from proxy.store.base import (
+    OBJECT_RETENTION_S,
+    Admitted,
+    CounterValue,
+    Denied,
+    Hold,
+    KeyRecord,
+    Lease,
+    LedgerRecord,
+    ObjectRecord,
+    UsageRow,
+)
 
 _PURGE_EVERY = 60.0  # seconds of store clock between sweeps of expired counters
 
@@ -212,3 +224,36 @@ class MemoryStore:
         hits = [(r.ts, i, r) for i, r in enumerate(self._ledger) if r.ts >= since and (team is None or r.team == team)]
         hits.sort(key=lambda t: (t[0], t[1]), reverse=True)
         return [r for _, _, r in hits[:limit]]
+
+    # objects (who owns a provider-side id), kept in insertion order so that expired ones are dropped
+    # from the front
+
+    @functools.cached_property
+    def _objects(self) -> dict[tuple[str, str], ObjectRecord]:
+        return {}
+
+    async def put_object(self, record: ObjectRecord) -> None:
+        now = self._clock()
+        objects = self._objects
+        while objects:
+            first = next(iter(objects.values()))
+            if first.created_at + OBJECT_RETENTION_S > now:
+                break
+            del objects[(first.kind, first.object_id)]
+        objects[(record.kind, record.object_id)] = record
+
+    async def find_objects(self, kind: str, object_ids: Sequence[str]) -> dict[str, ObjectRecord]:
+        cutoff = self._clock() - OBJECT_RETENTION_S
+        out: dict[str, ObjectRecord] = {}
+        for object_id in object_ids:
+            record = self._objects.get((kind, object_id))
+            if record is not None and record.created_at > cutoff:
+                out[object_id] = record
+        return out
+
+    async def delete_object(self, kind: str, object_id: str) -> bool:
+        record = (await self.find_objects(kind, [object_id])).get(object_id)
+        if record is None:
+            return False
+        self._objects[(kind, object_id)] = replace(record, deleted=True)
+        return True

@@ -39,7 +39,18 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from proxy.errors import StoreUnavailable
-from proxy.store.base import Admitted, CounterValue, Denied, Hold, KeyRecord, Lease, LedgerRecord, UsageRow
+from proxy.store.base import (
+    OBJECT_RETENTION_S,
+    Admitted,
+    CounterValue,
+    Denied,
+    Hold,
+    KeyRecord,
+    Lease,
+    LedgerRecord,
+    ObjectRecord,
+    UsageRow,
+)
 from proxy.store.memory import is_expired, usage_rows
 
 GRACE_MS = 60_000  # counter TTL beyond its window end (clock skew between replicas)
@@ -376,6 +387,46 @@ class RedisStore:
         hits.sort(key=lambda t: (t[1].ts, _stream_id(t[0])), reverse=True)
         return [r for _, r in hits[:limit]]
 
+    # objects: qg:o:<kind>:<id> HASH t(eam), p(rovider), c(reated_at), d(eleted), with a TTL until its
+    # retention ends (Redis' expiry is garbage collection only: reads check created_at by the clock)
+
+    async def put_object(self, record: ObjectRecord) -> None:
+        ttl = int(record.created_at + OBJECT_RETENTION_S - self._clock()) + 1
+        if ttl <= 1:
+            return
+        key = _object_key(record.kind, record.object_id)
+        fields = {"t": record.team, "p": record.provider, "c": repr(record.created_at), "d": int(record.deleted)}
+        with self._guard():
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # the stub's Mapping key is invariant
+                pipe.expire(key, ttl)
+                await pipe.execute()
+
+    async def find_objects(self, kind: str, object_ids: Sequence[str]) -> dict[str, ObjectRecord]:
+        ids = list(dict.fromkeys(object_ids))
+        if not ids:
+            return {}
+        cutoff = self._clock() - OBJECT_RETENTION_S
+        with self._guard():
+            async with self._r.pipeline(transaction=False) as pipe:
+                for object_id in ids:
+                    pipe.hmget(_object_key(kind, object_id), ["t", "p", "c", "d"])
+                rows = await pipe.execute()
+        out: dict[str, ObjectRecord] = {}
+        for object_id, (team, provider, created, deleted) in zip(ids, rows, strict=True):
+            if team is None or float(created) <= cutoff:
+                continue
+            out[object_id] = ObjectRecord(
+                kind, object_id, _b(team).decode(), _b(provider).decode(), float(created), _b(deleted) == b"1"
+            )
+        return out
+
+    async def delete_object(self, kind: str, object_id: str) -> bool:
+        if "object_delete_v1" not in self._scripts:  # not a per-request script: registered on first use
+            self._scripts["object_delete_v1"] = self._r.register_script(_lua("object_delete_v1"))
+        args: list[str | int | bytes] = [repr(self._clock() - OBJECT_RETENTION_S)]
+        return int(await self._call("object_delete_v1", [_object_key(kind, object_id)], args)) == 1
+
 
 def _b(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
@@ -406,3 +457,7 @@ def _ledger_record(fields: Mapping[bytes, bytes]) -> LedgerRecord:
 def _stream_id(entry_id: bytes) -> tuple[int, int]:
     ms, _, seq = entry_id.partition(b"-")
     return int(ms), int(seq)
+
+
+def _object_key(kind: str, object_id: str) -> str:
+    return f"qg:o:{kind}:{object_id}"

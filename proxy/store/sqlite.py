@@ -25,7 +25,18 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from proxy.errors import StoreUnavailable
-from proxy.store.base import Admitted, CounterValue, Denied, Hold, KeyRecord, Lease, LedgerRecord, UsageRow
+from proxy.store.base import (
+    OBJECT_RETENTION_S,
+    Admitted,
+    CounterValue,
+    Denied,
+    Hold,
+    KeyRecord,
+    Lease,
+    LedgerRecord,
+    ObjectRecord,
+    UsageRow,
+)
 from proxy.store.memory import full_charges, is_expired
 
 SCHEMA_VERSION = 1
@@ -57,6 +68,11 @@ CREATE TABLE IF NOT EXISTS ledger ({", ".join(_LEDGER_COLUMNS)});
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
 CREATE INDEX IF NOT EXISTS ledger_team_ts ON ledger (team, ts);
 CREATE INDEX IF NOT EXISTS ledger_request_id ON ledger (request_id);
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL, object_id TEXT NOT NULL, team TEXT NOT NULL, provider TEXT NOT NULL,
+    created_at REAL NOT NULL, deleted INTEGER NOT NULL, PRIMARY KEY (kind, object_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_created ON objects (created_at);
 """
 
 _USAGE_SQL = """
@@ -402,6 +418,32 @@ class SqliteStore:
         rows = await self._run(self._select, sql, params)
         return [_ledger_record(r) for r in rows]
 
+    # objects (who owns a provider-side id)
+
+    async def put_object(self, record: ObjectRecord) -> None:
+        await self._write(_put_object, record, self._clock() - OBJECT_RETENTION_S)
+
+    async def find_objects(self, kind: str, object_ids: Sequence[str]) -> dict[str, ObjectRecord]:
+        ids = list(dict.fromkeys(object_ids))
+        cutoff = self._clock() - OBJECT_RETENTION_S
+        out: dict[str, ObjectRecord] = {}
+        for i in range(0, len(ids), 500):  # well under SQLite's bound on host parameters
+            chunk = ids[i : i + 500]
+            sql = (
+                "SELECT kind, object_id, team, provider, created_at, deleted FROM objects "
+                f"WHERE kind = ? AND created_at > ? AND object_id IN ({','.join('?' * len(chunk))})"
+            )
+            for found, object_id, team, provider, created_at, deleted in await self._run(
+                self._select, sql, (kind, cutoff, *chunk)
+            ):
+                out[object_id] = ObjectRecord(found, object_id, team, provider, created_at, bool(deleted))
+        return out
+
+    async def delete_object(self, kind: str, object_id: str) -> bool:
+        cutoff = self._clock() - OBJECT_RETENTION_S
+        sql = "UPDATE objects SET deleted = 1 WHERE kind = ? AND object_id = ? AND created_at > ?"
+        return await self._write(lambda con: con.execute(sql, (kind, object_id, cutoff)).rowcount > 0)
+
 
 # Transaction bodies: they run on the store's thread inside BEGIN IMMEDIATE.
 
@@ -598,3 +640,12 @@ def _ledger_record(row: tuple[Any, ...]) -> LedgerRecord:
         col: (bool(v) if col in _LEDGER_BOOLS else v) for col, v in zip(_LEDGER_COLUMNS, row, strict=True)
     }
     return LedgerRecord(**values)
+
+
+def _put_object(con: sqlite3.Connection, record: ObjectRecord, cutoff: float) -> None:
+    # expired records go as new ones come (the index on created_at makes this a seek when there are none)
+    con.execute("DELETE FROM objects WHERE created_at <= ?", (cutoff,))
+    con.execute(
+        "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?)",
+        (record.kind, record.object_id, record.team, record.provider, record.created_at, int(record.deleted)),
+    )
