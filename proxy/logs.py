@@ -105,7 +105,7 @@ def request_finished(t: FinishedRequest, providers: Mapping[str, ProviderSetting
         "error_type": t.error_type if kind != "ok" else None,
         "latency_ms": round(((t.t_end or now) - t.t0) * 1000, 3),
     }
-    if t.upstream_s > 0 or t.provider:  # reached the forwarding step
+    if t.upstream_s > 0:  # it was sent to a provider (refusals never are)
         provider = providers.get(t.provider)
         fields["provider"] = t.provider or None
         fields["upstream_host"] = urlsplit(provider.base_url).netloc if provider is not None else None
