@@ -334,3 +334,34 @@ def test_dashboards_writes_a_local_prometheus_and_grafana_setup(outside: Path) -
     )
     checked = promtool.run("check", "config", str(d / "prometheus.yml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_only_a_mock_provider_may_leave_out_its_base_url() -> None:
+    from proxy.settings import ConfigError, parse
+
+    cfg = base_config("http://127.0.0.1:9", "memory://")
+    cfg["providers"]["mock"] = {"kind": "mock"}
+    assert parse(cfg).providers["mock"].builtin_mock
+    cfg["providers"]["mock"] = {"kind": "openai"}
+    with pytest.raises(ConfigError, match=r"providers\.mock: .*`base_url` is required"):
+        parse(cfg)
+
+
+def test_refusal_limit_in_a_few_words() -> None:
+    from proxy.limits import Limit
+    from proxy.settings import BudgetSettings
+    from proxy.settle import refusal_limit
+    from proxy.store.base import Denied, Hold
+
+    def denied(lim: Limit, used: int, held: int, asked: int) -> str:
+        return refusal_limit(lim, Denied(Hold(lim.key, lim.limit, asked, 0.0), used, held))
+
+    budget = BudgetSettings(window="day", tokens=2_000_000)
+    day = Limit("k", 2_000_000, "tokens", "day", 0.0, "team", budget)
+    assert denied(day, 1_900_000, 40_000, 120_000) == "budget team day tokens used 1.9M/2M held 40K asked 120K"
+    usd = Limit("k", 5_000_000, "usd", "month", 0.0, "key", BudgetSettings(window="month", usd=5))
+    assert denied(usd, 4_990_000, 0, 20_000) == "budget key month usd used $4.99/$5.00 held $0.00 asked $0.02"
+    tpm = Limit("k", 100_000, "tokens", "minute", 0.0, "team")
+    assert denied(tpm, 99_000, 0, 2_000) == "team tpm used 99K/100K held 0 asked 2K"
+    conc = Limit("k", 20, "concurrent", None, 0.0, "team")
+    assert denied(conc, 0, 20, 1) == "concurrent team 20/20 in flight"
