@@ -365,3 +365,22 @@ def test_refusal_limit_in_a_few_words() -> None:
     assert denied(tpm, 99_000, 0, 2_000) == "team tpm used 99K/100K held 0 asked 2K"
     conc = Limit("k", 20, "concurrent", None, 0.0, "team")
     assert denied(conc, 0, 20, 1) == "concurrent team 20/20 in flight"
+
+
+def test_the_banner_masks_store_secrets() -> None:
+    from proxy.cli.serve import mask_url
+
+    assert mask_url("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert mask_url("rediss://user:s3cret@redis:6380/1") == "rediss://user:***@redis:6380/1"
+    assert mask_url("redis://tok3n@redis:6379/0") == "redis://***@redis:6379/0"
+    assert mask_url("sqlite:////var/lib/qg.db") == "sqlite:////var/lib/qg.db"
+
+
+def test_serve_with_a_broken_config_says_why_in_its_log_format(outside: Path) -> None:
+    bad = outside / "bad.yaml"
+    bad.write_text("providers: {}\nmodels: {x: {provider: nope}}\n")
+    res = cli("serve", "--config", str(bad), "--log-format", "json", cwd=outside)
+    assert res.returncode == 2
+    (line,) = res.stderr.splitlines()
+    obj = json.loads(line)
+    assert obj["level"] == "error" and "models.x.provider: unknown provider 'nope'" in obj["message"]

@@ -18,9 +18,9 @@ import yaml
 
 from .. import __version__
 from ..logs import log_config
-from ..settings import BUILTIN_PRICES, Settings
+from ..settings import BUILTIN_PRICES, ConfigError, Settings
 from ..units import human_amount, human_count
-from .common import ConfigChoice, add_config_option, fail, load_or_exit
+from .common import ConfigChoice, add_config_option, fail, find_config, load_config, load_or_exit
 
 log = logging.getLogger("quotagate.startup")
 MOCK_URL_ENV = "QUOTAGATE_BUILTIN_MOCK_URL"  # set by `serve` for its workers: where the built-in mock listens
@@ -101,7 +101,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging_config = log_config(args.log_format, args.log_level, access_log=args.access_log)
     logging.config.dictConfig(logging_config)
-    choice, settings = load_or_exit(args.config)  # fail fast, before any worker starts
+    choice = find_config(args.config)
+    try:
+        settings = load_config(choice)  # fail fast, before any worker starts
+    except ConfigError as e:
+        log.error("invalid config %s: %s", choice.path, e, extra={"fields": {"config": str(choice.path)}})
+        return 2
     os.environ["QUOTAGATE_CONFIG"] = str(choice.path.resolve())
     mock: BuiltinMock | None = None
     mock_url = None
