@@ -103,9 +103,7 @@ class BudgetExceeded(ProxyError):
     type = "insufficient_quota"
     code = "insufficient_quota"
 
-    def __init__(
-        self, message: str, *, headers: dict[str, str] | None = None, downgrade_to: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, downgrade_to: str | None = None) -> None:
         super().__init__(message, headers={**(headers or {}), "x-should-retry": "false"})
         self.downgrade_to = downgrade_to  # the refusing budget's cheaper model, tried before refusing
 
