@@ -346,7 +346,7 @@ class Pipeline:
                 headers.update(extra)
                 await _respond(send, resp.status, headers, raw, trace.request_id)
                 usage, trace.fingerprint, obj = read_body(raw)
-                trace.object_id = object_id_of(obj)
+                trace.object_id = object_id_of(obj) if _stored(req) else None
                 trace.usage = usage
                 if not usage.known and req.endpoint.has_output:
                     trace.counted_output = self.counter.text(body_output_text(obj), encoding=model.encoding)
@@ -438,7 +438,7 @@ class Pipeline:
             trace.upstream_s += time.perf_counter() - t_up
             trace.usage = tap.usage or Usage()
             trace.fingerprint = tap.fingerprint
-            trace.object_id = tap.object_id
+            trace.object_id = tap.object_id if _stored(req) else None
             if tap.usage is None:
                 model = self.s.models[req.model]
                 trace.counted_output = self.counter.text(tap.output_text(), encoding=model.encoding)
@@ -542,6 +542,12 @@ def _record(t: Trace) -> LedgerRecord:
         error=t.error,
         charged=t.charged,
     )
+
+
+def _stored(req: ParsedRequest) -> bool:
+    """The provider keeps what this request creates, so it can be read back by id: responses unless
+    ``store: false``, chat completions only with ``store: true`` (OpenAI's defaults). Only those are recorded."""
+    return req.body.get("store", req.endpoint is RESPONSES) is True
 
 
 def _relayed(resp: aiohttp.ClientResponse) -> dict[str, str]:
