@@ -134,12 +134,7 @@ def _upstream_status(t: FinishedRequest) -> int | None:
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = getattr(record, "fields", None)
-    if isinstance(fields, dict):
-        return fields
-    if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
-        client, method, path, version, status = record.args
-        return {"client": client, "method": method, "path": path, "http_version": version, "status": status}
-    return {}
+    return fields if isinstance(fields, dict) else {}
 
 
 def _text_value(v: Any) -> str:
