@@ -24,9 +24,11 @@ class Principal:
     digest: str
 
 
+# OpenAI's wording (conventions.md 1.1), which clients match on; then where quotagate keys come from.
 _MISSING = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using "
-    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or in an api-key header. Your quotagate admin "
+    "issues the keys (quotagate keys create)."
 )
 
 
@@ -72,8 +74,8 @@ class KeyRing:
         # depends on a timing-dependent string comparison of secret material.
         if principal is None or not hmac.compare_digest(principal.digest, digest):
             raise AuthenticationError(
-                f"Incorrect API key provided: {_masked(key)}. You can find your API key in your "
-                "quotagate admin's key list.",
+                f"Incorrect API key provided: {_masked(key)}. This is a quotagate gateway: use a key issued by "
+                "your quotagate admin (quotagate keys create), not a provider's key.",
                 code="invalid_api_key",
             )
         return principal

@@ -10,7 +10,7 @@ is the only place that turns an error into bytes::
     │   └── ModelNotFound          404  model_not_found
     ├── InvalidRequest             400  (code varies)
     │   ├── InvalidJSON            400  invalid_json
-    │   └── ContextLengthExceeded  400  context_length_exceeded, param=messages
+    │   └── ContextLengthExceeded  400  context_length_exceeded, param=messages | prompt | input
     ├── BodyTooLarge               413  request_too_large
     ├── BudgetExceeded             429  insufficient_quota   + x-should-retry: false
     ├── RateLimited                429  rate_limit_exceeded  + retry-after, x-ratelimit-*

@@ -21,6 +21,9 @@ from .settings import ModelSettings, Settings, TeamSettings
 
 _PINNED = frozenset({"system", "developer"})
 FALLBACK_OUTPUT_CAP = 4096
+# Output a request cannot produce is never reserved: a cap of 2**64 would only overflow the stores' integers.
+# Bound by the model's context window, else by this (no model's window comes near it).
+MAX_RESERVED_OUTPUT = 2**31 - 1
 
 
 def check_model(settings: Settings, team: TeamSettings | None, model: str) -> ModelSettings:
@@ -37,6 +40,21 @@ class OutputCap:
 
 
 def output_cap(
+    requested: int | None,
+    team: TeamSettings | None,
+    model: ModelSettings,
+    default_cap: int | None,
+    input_tokens: int,
+) -> OutputCap:
+    """Output tokens to reserve, and the cap to write into the body (the team's, when it clamps or injects).
+
+    The reservation never exceeds what the model could produce (its context window): a larger cap is
+    forwarded as the client sent it, for the provider to accept or refuse."""
+    cap = _output_cap(requested, team, model, default_cap, input_tokens)
+    return OutputCap(min(cap.worst_case, model.context_window or MAX_RESERVED_OUTPUT), cap.send)
+
+
+def _output_cap(
     requested: int | None,
     team: TeamSettings | None,
     model: ModelSettings,

@@ -356,10 +356,13 @@ class Accountant:
                 headers=headers,
                 downgrade_to=lim.budget.downgrade_to,
             )
+        # OpenAI's wording ("Rate limit reached for M in organization O on ..."), the team in place of the
+        # organization, so that clients matching on it (LiteLLM: "rate limit") recognise a rate limit.
+        who = f"team '{team}'" if lim.scope == "team" else f"team '{team}' (this key's own limit)"
         if lim.unit == "concurrent":
             return RateLimited(
-                f"Too many concurrent requests for team '{team}': Limit {lim.limit}, In flight {d.reserved}. "
-                "Please try again shortly.",
+                f"Rate limit reached for {model} in {who} on concurrent requests: Limit {lim.limit}, "
+                f"In flight {d.reserved}. Too many concurrent requests; please try again in 1s.",
                 kind="requests",
                 headers={"retry-after": "1", "retry-after-ms": "1000"},
             )
@@ -369,13 +372,13 @@ class Accountant:
         if asked > lim.limit:
             headers["x-should-retry"] = "false"  # waiting cannot help
             return RateLimited(
-                f"Request too large for {model} in team '{team}' on {per}: Limit {lim.limit}, Requested {asked}. "
+                f"Request too large for {model} in {who} on {per}: Limit {lim.limit}, Requested {asked}. "
                 "The input or output tokens must be reduced in order to run successfully.",
                 kind=kind,
                 headers=headers,
             )
         return RateLimited(
-            f"Rate limit reached for {model} in team '{team}' on {per}: Limit {lim.limit}, Used {used}, "
+            f"Rate limit reached for {model} in {who} on {per}: Limit {lim.limit}, Used {used}, "
             f"Requested {asked}. Please try again in {go_duration(wait)}.",
             kind=kind,
             headers=headers,

@@ -6,8 +6,10 @@ endpoint, with bodies mutated from a valid one: wrong types for every governed f
 tool shapes, missing fields, huge integers, JSON that is not an object, bytes that are not JSON.
 
 An exception escaping the app is what uvicorn turns into ``500 Internal Server Error``; the transport
-re-raises it here, so it is caught and counted like a 5xx. Failures are collected over the whole run
-and reported together (the first few bodies with their answers), so one run shows every broken path.
+re-raises it here, so it is caught and counted like a 5xx. Whatever the provider answers carries a mark,
+so a provider's own 5xx (relayed, as it should be) is told apart from one quotagate makes. Failures are
+collected over the whole run and reported together (the first few bodies with their answers), so one
+run shows every broken path.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +41,7 @@ ENDPOINTS: dict[str, dict[str, Any]] = {
     "/v1/responses": {"model": "gpt-4o-mini", "input": "hi"},
 }
 KEYS = ("sk-plain", "sk-trim", "sk-reject")
+PROVIDER_MARK = "x-test-provider"
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -54,7 +58,8 @@ def config(upstream: str, store: str) -> dict[str, Any]:
         "teams": {
             "plain": {**big, "rate_limits": {"tpm": 10**12, "rpm": 10**9, "concurrent": 1000}},
             "trim": {**big, "max_input_tokens": 60, "on_context_overflow": "trim", "max_output_tokens": 64},
-            "reject": {"max_input_tokens": 60, "on_context_overflow": "reject"},
+            # a limit that admits anything, so that every reservation is written (huge caps included)
+            "reject": {"max_input_tokens": 60, "on_context_overflow": "reject", "rate_limits": {"rpm": 10**9}},
         },
         "keys": [{"team": t, "name": t, "key": f"sk-{t}"} for t in ("plain", "trim", "reject")],
     }
@@ -81,34 +86,60 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
         await task
 
 
+@web.middleware
+async def mark_provider(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+    """Mark every answer of the provider, its crashes included (a provider's 500 is relayed, not ours)."""
+    try:
+        resp = await handler(request)
+    except web.HTTPException as e:
+        e.headers[PROVIDER_MARK] = "1"
+        raise
+    except Exception as e:
+        resp = web.Response(status=500, text=f"the provider crashed: {e!r}")
+    resp.headers[PROVIDER_MARK] = "1"
+    return resp
+
+
 @dataclass
 class Harness:
     loop: asyncio.AbstractEventLoop
     client: httpx.AsyncClient
+    provider: web.Application
+    gateway: Any
     failures: list[str] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
+    provider_5xx: list[str] = field(default_factory=list)
+
+    def run(self, coro: Awaitable[Any]) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coro, 30))
 
     def post(self, path: str, content: bytes, key: str) -> httpx.Response:
         headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
-        return self.loop.run_until_complete(self.client.post(path, content=content, headers=headers))
+        resp: httpx.Response = self.run(self.client.post(path, content=content, headers=headers))
+        return resp
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     loop = asyncio.new_event_loop()
     threshold = gc.get_threshold()  # the gateway's startup tunes the collector for a server process
-    mock = loop.run_until_complete(mock_upstream.start())
+    provider = mock_upstream.build_app(mock_upstream.MockConfig())
+    provider.middlewares.insert(0, mark_provider)
+    runner = web.AppRunner(provider, access_log=None)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    upstream = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     db = tmp_path_factory.mktemp("malformed") / "qg.db"
-    app = create_app(parse(config(mock.url, f"sqlite:///{db}")))
+    app = create_app(parse(config(upstream, f"sqlite:///{db}")))
     span = lifespan(app)
     loop.run_until_complete(span.__aenter__())
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://quotagate", timeout=30)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://quotagate")
     try:
-        yield Harness(loop, client)
+        yield Harness(loop, client, provider, app.gw)
     finally:
         loop.run_until_complete(client.aclose())
         loop.run_until_complete(span.__aexit__(None, None, None))
-        loop.run_until_complete(mock.close())
+        loop.run_until_complete(runner.cleanup())
         loop.close()
         gc.unfreeze()
         gc.set_threshold(*threshold)
@@ -213,7 +244,7 @@ item = anything(
     ),
 )
 prompt_like = anything(st.text(max_size=20), st.lists(anything(st.text(max_size=8), st.lists(st.integers(0, 99)))))
-cap = anything(st.integers(-5, 2**64), st.sampled_from([0, 16, 100]))
+cap = anything(st.integers(-5, 2**64), st.sampled_from([0, 16, 100, 2**63 - 1, 2**64 - 1]))
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "model": anything(st.sampled_from(["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "no-such-model", ""])),
     "messages": messages,
@@ -264,7 +295,9 @@ def check(h: Harness, path: str, raw: bytes, key: str) -> None:
         h.failures.append(f"{path} {raw[:300]!r}: raised {e.__class__.__name__}: {e}")
         return
     h.statuses[resp.status_code] = h.statuses.get(resp.status_code, 0) + 1
-    if resp.status_code >= 500:
+    if resp.status_code >= 500 and PROVIDER_MARK in resp.headers:
+        h.provider_5xx.append(f"{path} {raw[:300]!r}: {resp.text[:200]}")
+    elif resp.status_code >= 500:
         h.failures.append(f"{path} {raw[:300]!r}: {resp.status_code} {resp.text[:200]}")
     elif resp.status_code >= 400:
         try:
@@ -304,4 +337,67 @@ def test_no_failures_and_the_gateway_is_still_up(harness: Harness) -> None:
     for path, body in ENDPOINTS.items():
         resp = harness.post(path, json.dumps(body).encode(), "sk-plain")
         assert resp.status_code == 200, resp.text
-    assert harness.loop.run_until_complete(harness.client.get("/healthz")).status_code == 200
+    assert harness.run(harness.client.get("/healthz")).status_code == 200
+
+
+# ---- what is forwarded rather than refused ----------------------------------------------------------------
+def last_upstream_body(h: Harness) -> Any:
+    return h.provider[mock_upstream.STATE].requests[-1]["body"]
+
+
+def ledger_of(h: Harness, team: str, request_id: str) -> Any:
+    async def find() -> Any:
+        while True:
+            rows = [r for r in await h.gateway.store.ledger(0, team=team) if r.request_id == request_id]
+            if rows:
+                return rows[0]
+            await asyncio.sleep(0.02)
+
+    return h.run(find())
+
+
+def test_stream_options_without_a_stream_reach_the_provider_unchanged(harness: Harness) -> None:
+    """The SDK's own tests send it; whether it is valid is the provider's call, not quotagate's."""
+    body = {**ENDPOINTS["/v1/chat/completions"], "stream": False, "stream_options": {"include_usage": True}}
+    resp = harness.post("/v1/chat/completions", json.dumps(body).encode(), "sk-plain")
+    assert PROVIDER_MARK in resp.headers  # the provider answered, whatever it answered
+    assert last_upstream_body(harness) == body
+
+
+def test_stored_context_is_forwarded_reserved_up_to_the_team_cap_and_settled_from_usage(harness: Harness) -> None:
+    first = harness.post("/v1/responses", b'{"model": "gpt-4o-mini", "input": "hi"}', "sk-trim")
+    assert first.status_code == 200, first.text
+    body = {"model": "gpt-4o-mini", "input": "and then?", "previous_response_id": first.json()["id"]}
+    resp = harness.post("/v1/responses", json.dumps(body).encode(), "sk-trim")
+    assert resp.status_code == 200, resp.text
+    assert last_upstream_body(harness) == {**body, "max_output_tokens": 64}  # the team's output cap, injected
+    rec = ledger_of(harness, "trim", resp.headers["x-quotagate-request-id"])
+    # quotagate cannot see the stored turns: it reserved the team's cap as the input worst case ...
+    assert (rec.counted_input, rec.estimated) == (60, True)
+    # ... and charged what the provider reported
+    assert rec.input_tokens == resp.json()["usage"]["input_tokens"] and rec.charged
+
+
+def test_a_missing_prompt_field_is_the_providers_to_refuse(harness: Harness) -> None:
+    for path, body in ENDPOINTS.items():
+        prompt = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"}.get(path, "input")
+        bare = {k: v for k, v in body.items() if k != prompt}
+        resp = harness.post(path, json.dumps(bare).encode(), "sk-plain")
+        assert PROVIDER_MARK in resp.headers and resp.status_code == 400, resp.text  # the mock requires it
+        assert last_upstream_body(harness) == bare
+        rec = ledger_of(harness, "plain", resp.headers["x-quotagate-request-id"])
+        assert rec.estimated and not rec.charged  # reserved as unseen input, refused upstream: not charged
+        assert rec.counted_input == (128000 if path != "/v1/embeddings" else 8191)
+
+
+def test_what_quotagate_refuses_names_the_field_and_why(harness: Harness) -> None:
+    cases = [
+        (b'{"messages": []}', "model", "routes and prices"),
+        (b'{"model": "gpt-4o-mini", "prompt": "x", "max_tokens": "10"}', "max_tokens", "reserves the output cap"),
+        (b'{"model": "gpt-4o-mini", "prompt": "x", "stream": true, "stream_options": 1}', "stream_options", "usage"),
+    ]
+    for raw, param, why in cases:
+        resp = harness.post("/v1/completions", raw, "sk-plain")
+        err = resp.json()["error"]
+        assert (resp.status_code, err["param"], PROVIDER_MARK in resp.headers) == (400, param, False)
+        assert why in err["message"]

@@ -230,6 +230,15 @@ def test_output_cap_defaults_without_team_cap() -> None:
     assert policy.output_cap(None, None, bare, None, 100) == policy.OutputCap(policy.FALLBACK_OUTPUT_CAP, None)
 
 
+def test_output_reservation_never_exceeds_what_the_model_can_produce() -> None:
+    """A cap of 2**64 is the provider's to refuse; reserving it would overflow the stores' integers."""
+    assert policy.output_cap(2**64, None, MODEL, None, 100) == policy.OutputCap(128000, None)
+    huge_team = TeamSettings(max_output_tokens=10**30)
+    assert policy.output_cap(None, huge_team, MODEL, None, 100) == policy.OutputCap(128000, 10**30)
+    bare = ModelSettings(provider="p")
+    assert policy.output_cap(2**64, None, bare, None, 100) == policy.OutputCap(policy.MAX_RESERVED_OUTPUT, None)
+
+
 # ---- input out of sight (stored context, no prompt field) -------------------------------------------------
 
 
