@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from .errors import AuthenticationError, InvalidRequest, NotFound, ProxyError, render
-from .settings import BudgetSettings, hash_key
+from .settings import BudgetSettings, duplicate_budget, duplicate_budget_message, hash_key
 from .store.base import KeyRecord
 from .units import rfc3339, usd
 
@@ -153,6 +153,9 @@ def admin_app(gw: Gateway) -> FastAPI:
         for b in budgets:
             if b.downgrade_to is not None and b.downgrade_to not in gw.settings.models:
                 raise InvalidRequest(f"unknown model {b.downgrade_to!r} in downgrade_to", param="budgets")
+        dup = duplicate_budget(budgets)
+        if dup is not None:
+            raise InvalidRequest(f"budgets.{dup[1]}: {duplicate_budget_message(budgets, dup)}", param="budgets")
         await gw.accountant.set_override(team, budgets)
         return await get_budgets(team)
 

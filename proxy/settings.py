@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -218,6 +218,31 @@ def _check_budgets(s: Settings, path: tuple[str | int, ...], budgets: tuple[Budg
     for i, b in enumerate(budgets):
         if b.downgrade_to is not None and b.downgrade_to not in s.models:
             raise _PathError((*path, i, "downgrade_to"), f"unknown model {b.downgrade_to!r}")
+    dup = duplicate_budget(budgets)
+    if dup is not None:
+        raise _PathError((*path, dup[1]), duplicate_budget_message(budgets, dup))
+
+
+def duplicate_budget(budgets: Sequence[BudgetSettings]) -> tuple[int, int] | None:
+    """(first, repeat) indexes of two budgets on the same window and unit, or None.
+
+    Two such budgets would share one counter (``limits.limits_for`` names counters by window and unit),
+    so a request would hold it twice: one budget per window and unit is the rule.
+    """
+    seen: dict[tuple[str, str], int] = {}
+    for i, b in enumerate(budgets):
+        first = seen.setdefault((b.window, b.unit), i)
+        if first != i:
+            return first, i
+    return None
+
+
+def duplicate_budget_message(budgets: Sequence[BudgetSettings], dup: tuple[int, int]) -> str:
+    b = budgets[dup[1]]
+    return (
+        f"duplicate budget (window {b.window}, unit {b.unit}) — budgets.{dup[0]} already sets it; "
+        "give one budget per window and unit"
+    )
 
 
 class _PathError(ValueError):

@@ -234,3 +234,17 @@ def test_check_config_cli(tmp_path: Path) -> None:
 
     missing = check_config(tmp_path / "nope.yaml")
     assert missing.returncode == 1 and "cannot read config" in missing.stderr
+
+
+def test_two_budgets_on_one_window_and_unit_are_refused() -> None:
+    """They would share one counter (limits_for keys counters by window and unit), held twice per request."""
+    day_tokens, day_usd = {"window": "day", "tokens": 10}, {"window": "day", "usd": 1}
+    team = {"t1": {"budgets": [day_tokens, day_usd, {"window": "month", "tokens": 99}, {**day_tokens, "tokens": 5}]}}
+    assert error_of(cfg(teams=team)) == (
+        "teams.t1.budgets.3: duplicate budget (window day, unit tokens) — budgets.0 already sets it; "
+        "give one budget per window and unit"
+    )
+    keys = [{"team": "t1", "key": "a"}, {"team": "t1", "key": "b", "budgets": [day_usd, day_usd]}]
+    assert error_of(cfg(keys=keys)).startswith("keys.1.budgets.1: duplicate budget (window day, unit usd)")
+    # the same window and unit at team and key level are two counters: allowed
+    parse(cfg(teams={"t1": {"budgets": [day_tokens]}}, keys=[{"team": "t1", "key": "a", "budgets": [day_tokens]}]))

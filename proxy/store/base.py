@@ -7,16 +7,26 @@ open leases). The store knows nothing of teams, windows or money: the caller tur
 Flow (every implementation is atomic per call, across processes and replicas)::
 
     reserve(lease)  -> all holds admitted (reserved += amount for each; Admitted) or none (Denied, no change)
-    settle(id, ch)  -> for each hold: reserved -= amount; used += charges.get(key, 0); lease deleted
+    settle(id, ch)  -> for each hold: reserved -= amount; for each distinct key: used += ch.get(key, 0);
+                       lease deleted (keys of ch the lease does not hold are ignored)
     extend(id, t)   -> lease lives until t (long streams)
-    reap(team, now) -> expired, unsettled leases are settled at their full amount (holds with commit=False
-                       are only released) and returned
-                       so that the caller records them; never silently dropped
+    reap(team, now) -> expired, unsettled leases are settled at their full amount (for each hold:
+                       used += amount, except holds with commit=False, which are only released) and
+                       returned so that the caller records them, in no particular order; never dropped
     add_usage(ch)   -> used += amount, unconditionally (reconciling what was admitted while the store was down)
 
-Admission rule for each hold: ``used + reserved + amount <= limit``. A hold with ``limit < 0`` is
-tracked but never refuses (used for concurrency gauges and usage-only counters). Counters expire at
-``expires_at`` (epoch seconds; 0 = never); an expired counter reads as zero.
+Admission rule for each hold: ``used + reserved + (this lease's earlier holds on the key) + amount <=
+limit``. A hold with ``limit < 0`` is tracked but never refuses (used for concurrency gauges and
+usage-only counters). Counters expire at ``expires_at`` (epoch seconds; 0 = never); an expired counter
+reads as zero, and the next write starts it afresh. ``reserved`` never goes below zero.
+
+One lease may hold a key more than once (the config refuses two budgets that would share a counter, but
+the contract does not rely on it). Each hold is independent: reserve adds and settle/reap release each
+hold's amount, reap commits each hold's amount, while a settle charge is given per key and so is
+charged once. A write leaves the counter's ``expires_at`` at that of the key's last hold in the lease,
+and a key whose window has already ended (by the store's clock) is not written at all, by any call.
+``proxy/store/rules.py`` is this rule as code (memory, SQLite); ``lua/lib_counters.lua`` is it for Redis,
+which sees every time in milliseconds; ``tests/test_store_differential.py`` holds the stores to each other.
 
 Cluster: every key of one lease shares the ``hash_tag`` (``{team}``), so a Redis Cluster keeps them in
 one slot; implementations must prefix their own keys with the same tag.

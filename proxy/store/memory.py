@@ -3,9 +3,8 @@
 Nothing here awaits inside a critical section, so each call is atomic with respect to other tasks on
 the same event loop. Nothing is durable and nothing is shared between processes.
 
-Counter expiry, shared by every store: a counter whose ``expires_at`` has passed (by the store's clock)
-reads as zero, and the next write starts it afresh. ``settle``/``reap``/``add_usage`` skip a hold whose
-window has already ended: charging it could only create a counter that reads as zero.
+What each call does to a counter is ``proxy/store/rules.py``, shared with the SQLite store (and written
+in Lua for Redis); this module only keeps the counters.
 """
 
 from __future__ import annotations
@@ -13,28 +12,24 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
+from proxy.store import rules
 from proxy.store.base import (
     OBJECT_RETENTION_S,
     Admitted,
     CounterValue,
     Denied,
-    Hold,
     KeyRecord,
     Lease,
     LedgerRecord,
     ObjectRecord,
     UsageRow,
 )
+from proxy.store.rules import is_expired
 
 _PURGE_EVERY = 60.0  # seconds of store clock between sweeps of expired counters
-
-
-def is_expired(expires_at: float, now: float) -> bool:
-    """The one expiry rule: 0 never expires; otherwise a counter is dead from ``expires_at`` on."""
-    return expires_at > 0 and now >= expires_at
 
 
 def usage_rows(records: Iterable[LedgerRecord]) -> list[UsageRow]:
@@ -56,31 +51,16 @@ def usage_rows(records: Iterable[LedgerRecord]) -> list[UsageRow]:
     return [UsageRow(team, model, *vals) for (team, model), vals in sorted(acc.items())]
 
 
-def full_charges(holds: Iterable[Hold]) -> dict[str, int]:
-    """What reap charges: every hold in full, except slots (commit=False), which are only released."""
-    out: dict[str, int] = {}
-    for h in holds:
-        out[h.key] = out.get(h.key, 0) + (h.amount if h.commit else 0)
-    return out
-
-
 def _first(reported: int | None, counted: int | None) -> int:
     if reported is not None:
         return reported
     return counted or 0
 
 
-@dataclass(slots=True)
-class _Counter:
-    used: int = 0
-    reserved: int = 0
-    expires_at: float = 0.0
-
-
 class MemoryStore:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._counters: dict[str, _Counter] = {}
+        self._counters: dict[str, tuple[int, int, float]] = {}  # key -> used, reserved, expires_at
         self._leases: dict[tuple[str, str], Lease] = {}
         self._keys: dict[str, KeyRecord] = {}
         self._overrides: dict[str, list[dict[str, Any]]] = {}
@@ -98,53 +78,40 @@ class MemoryStore:
 
     # counters and leases
 
-    def _live(self, key: str, now: float) -> _Counter | None:
-        c = self._counters.get(key)
-        if c is None or is_expired(c.expires_at, now):
-            return None
-        return c
+    def _read(self, keys: Iterable[str], now: float) -> dict[str, rules.Counts]:
+        out: dict[str, rules.Counts] = {}
+        for key in keys:
+            c = self._counters.get(key)
+            out[key] = (0, 0) if c is None or is_expired(c[2], now) else (c[0], c[1])
+        return out
 
-    def _touch(self, key: str, expires_at: float, now: float) -> _Counter:
-        """The live counter for a write (a fresh one if missing or expired), stamped with the window end."""
-        c = self._live(key, now)
-        if c is None:
-            c = self._counters[key] = _Counter()
-        c.expires_at = expires_at
-        return c
+    def _write(self, rows: list[rules.Row]) -> None:
+        for key, used, reserved, expires_at in rows:
+            self._counters[key] = (used, reserved, expires_at)
+
+    def _apply(self, deltas: Mapping[str, rules.Delta], now: float) -> None:
+        self._write(rules.written(self._read(deltas, now), deltas))
 
     async def reserve(self, lease: Lease) -> Denied | Admitted:
         """Admit every hold or none. Reserving an existing lease id again is a no-op (safe to retry)."""
         now = self._clock()
         if (lease.hash_tag, lease.id) in self._leases:
             return Admitted()
-        pending: dict[str, int] = {}  # two holds on one counter are admitted together
-        for hold in lease.holds:
-            c = self._live(hold.key, now) or _Counter()
-            ahead = pending.get(hold.key, 0)
-            if hold.limit >= 0 and c.used + c.reserved + ahead + hold.amount > hold.limit:
-                return Denied(hold=hold, used=c.used, reserved=c.reserved)
-            pending[hold.key] = ahead + hold.amount
-        values: dict[str, CounterValue] = {}
-        for hold in lease.holds:
-            c = self._touch(hold.key, hold.expires_at, now)
-            c.reserved += hold.amount
-            values[hold.key] = CounterValue(c.used, c.reserved)
+        read = self._read((h.key for h in lease.holds), now)
+        deltas = rules.admit(lease.holds, read, now)
+        if isinstance(deltas, Denied):
+            return deltas
+        rows = rules.written(read, deltas)
+        self._write(rows)
         self._leases[(lease.hash_tag, lease.id)] = lease
-        return Admitted(values)
-
-    def _charge(self, lease: Lease, charges: Mapping[str, int], now: float) -> None:
-        for hold in lease.holds:
-            if is_expired(hold.expires_at, now):
-                continue
-            c = self._touch(hold.key, hold.expires_at, now)
-            c.reserved = max(0, c.reserved - hold.amount)
-            c.used += charges.get(hold.key, 0)
+        return rules.admitted(read, rows)
 
     async def settle(self, lease_id: str, hash_tag: str, charges: Mapping[str, int]) -> bool:
         lease = self._leases.pop((hash_tag, lease_id), None)
         if lease is None:
             return False
-        self._charge(lease, charges, self._clock())
+        now = self._clock()
+        self._apply(rules.settle_deltas(lease.holds, charges, now), now)
         return True
 
     async def extend(self, lease_id: str, hash_tag: str, expires_at: float) -> bool:
@@ -159,7 +126,7 @@ class MemoryStore:
         expired = [lease for (tag, _), lease in self._leases.items() if tag == hash_tag and lease.expires_at <= now]
         for lease in expired:
             del self._leases[(hash_tag, lease.id)]
-            self._charge(lease, full_charges(lease.holds), clock_now)
+            self._apply(rules.reap_deltas(lease.holds, clock_now), clock_now)
         self._purge(clock_now)
         return expired
 
@@ -167,23 +134,15 @@ class MemoryStore:
         if now - self._last_purge < _PURGE_EVERY:
             return
         self._last_purge = now
-        for key in [k for k, c in self._counters.items() if is_expired(c.expires_at, now)]:
+        for key in [k for k, c in self._counters.items() if is_expired(c[2], now)]:
             del self._counters[key]
 
     async def add_usage(self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]) -> None:
         now = self._clock()
-        for key, amount in charges.items():
-            exp = expires_at.get(key, 0.0)
-            if not is_expired(exp, now):
-                self._touch(key, exp, now).used += amount
+        self._apply(rules.usage_deltas(charges, expires_at, now), now)
 
     async def counters(self, keys: Sequence[str]) -> dict[str, CounterValue]:
-        now = self._clock()
-        out: dict[str, CounterValue] = {}
-        for key in keys:
-            c = self._live(key, now)
-            out[key] = CounterValue() if c is None else CounterValue(c.used, c.reserved)
-        return out
+        return {key: CounterValue(*counts) for key, counts in self._read(keys, self._clock()).items()}
 
     # keys
 

@@ -18,6 +18,9 @@ server's clock. A counter past its window end reads as zero. Its Redis TTL is ga
 set relative to the caller's clock (window end - now + grace) rather than PEXPIREAT the window end: a
 fake or skewed clock must never make Redis delete a counter that is still live for its callers.
 Leases have no TTL: an unsettled lease is charged by reap(), never silently dropped.
+
+The counter rule (``proxy/store/rules.py``) is written once in Lua, ``lua/lib_counters.lua``, and
+prepended to every script's text at load.
 """
 
 from __future__ import annotations
@@ -39,19 +42,20 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from proxy.errors import StoreUnavailable
+from proxy.store import rules
 from proxy.store.base import (
     OBJECT_RETENTION_S,
     Admitted,
     CounterValue,
     Denied,
-    Hold,
     KeyRecord,
     Lease,
     LedgerRecord,
     ObjectRecord,
     UsageRow,
 )
-from proxy.store.memory import is_expired, usage_rows
+from proxy.store.memory import usage_rows
+from proxy.store.rules import is_expired
 
 GRACE_MS = 60_000  # counter TTL beyond its window end (clock skew between replicas)
 REAP_BATCH = 500  # leases per reap script call
@@ -62,8 +66,8 @@ LEDGER_KEY = "qg:ledger"
 LEDGER_DEDUP_MS = 6 * 3_600_000  # a batch written again within this long is skipped (ledger_v2.lua)
 
 _LEDGER_FIELDS = frozenset(f.name for f in dataclasses.fields(LedgerRecord))
-_SCRIPTS = ("reserve_v1", "settle_v1", "extend_v1", "reap_v1", "add_usage_v1", "revoke_key_v1", "ledger_v2")
-_PIPELINED = frozenset({"reserve_v1", "settle_v1"})  # the per-request scripts
+_SCRIPTS = ("reserve_v2", "settle_v2", "extend_v1", "reap_v2", "add_usage_v1", "revoke_key_v1", "ledger_v2")
+_PIPELINED = frozenset({"reserve_v2", "settle_v2"})  # the per-request scripts
 
 
 def counter_key(key: str) -> str:
@@ -75,7 +79,9 @@ def _ms(seconds: float) -> int:
 
 
 def _lua(name: str) -> str:
-    return resources.files("proxy.store").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+    """A script's text, after the shared counter functions of ``lib_counters.lua``."""
+    lua = resources.files("proxy.store") / "lua"
+    return "".join((lua / file).read_text(encoding="utf-8") for file in ("lib_counters.lua", f"{name}.lua"))
 
 
 class RedisStore:
@@ -220,12 +226,6 @@ class RedisStore:
     async def reserve(self, lease: Lease) -> Denied | Admitted:
         """Admit every hold or none. Reserving an existing lease id again is a no-op (safe to retry)."""
         tag = lease.hash_tag
-        doc = {
-            "id": lease.id,
-            "hash_tag": tag,
-            "holds": [[h.key, h.limit, h.amount, h.expires_at, h.commit] for h in lease.holds],
-            "meta": dict(lease.meta),
-        }
         # [counter key, amount to release, window end ms, amount reap commits (0 for slots)]
         lua_holds = [
             [counter_key(h.key), str(h.amount), str(_ms(h.expires_at)), str(h.amount if h.commit else 0)]
@@ -235,7 +235,7 @@ class RedisStore:
             _ms(self._clock()),
             _ms(lease.expires_at),
             lease.id,
-            orjson.dumps(doc),
+            rules.lease_json(lease),
             orjson.dumps(lua_holds),
             repr(lease.expires_at),
             GRACE_MS,
@@ -243,7 +243,7 @@ class RedisStore:
         for h in lease.holds:
             args += [h.limit, h.amount, _ms(h.expires_at)]
         keys = [f"qg:{tag}:l:{lease.id}", f"qg:{tag}:leases", *(counter_key(h.key) for h in lease.holds)]
-        result = await self._script("reserve_v1", keys, args)
+        result = await self._script("reserve_v2", keys, args)
         if int(result[0]) == 0:
             flat = [int(x) for x in result[1:]]
             return Admitted(
@@ -259,7 +259,7 @@ class RedisStore:
         for key, amount in charges.items():
             args += [counter_key(key), amount]
         keys = [f"qg:{hash_tag}:l:{lease_id}", f"qg:{hash_tag}:leases"]
-        return int(await self._script("settle_v1", keys, args)) == 1
+        return int(await self._script("settle_v2", keys, args)) == 1
 
     async def extend(self, lease_id: str, hash_tag: str, expires_at: float) -> bool:
         keys = [f"qg:{hash_tag}:l:{lease_id}", f"qg:{hash_tag}:leases"]
@@ -277,8 +277,8 @@ class RedisStore:
                 GRACE_MS,
                 REAP_BATCH,
             ]
-            flat = await self._script("reap_v1", [f"qg:{hash_tag}:leases"], args)
-            reaped += [_lease(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+            flat = await self._script("reap_v2", [f"qg:{hash_tag}:leases"], args)
+            reaped += [rules.lease_from_json(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
             if len(flat) < 2 * REAP_BATCH:
                 return reaped
 
@@ -430,17 +430,6 @@ class RedisStore:
 
 def _b(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
-
-
-def _lease(doc: bytes, expires_at: bytes) -> Lease:
-    d = orjson.loads(doc)
-    return Lease(
-        id=d["id"],
-        hash_tag=d["hash_tag"],
-        holds=tuple(Hold(*h) for h in d["holds"]),
-        expires_at=float(expires_at),
-        meta=d["meta"],
-    )
 
 
 def _key_record(sha256: str, raw: bytes) -> KeyRecord:

@@ -17,7 +17,7 @@ import functools
 import operator
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -25,19 +25,19 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from proxy.errors import StoreUnavailable
+from proxy.store import rules
 from proxy.store.base import (
     OBJECT_RETENTION_S,
     Admitted,
     CounterValue,
     Denied,
-    Hold,
     KeyRecord,
     Lease,
     LedgerRecord,
     ObjectRecord,
     UsageRow,
 )
-from proxy.store.memory import full_charges, is_expired
+from proxy.store.rules import is_expired
 
 SCHEMA_VERSION = 1
 _PURGE_EVERY = 60.0
@@ -348,8 +348,8 @@ class SqliteStore:
         return await self._run(self._read_counters, list(keys), self._clock())
 
     def _read_counters(self, keys: list[str], now: float) -> dict[str, CounterValue]:
-        con = self._db()
-        return {key: CounterValue(*_live(con, key, now)) for key in keys}
+        state = _live_many(self._db(), keys, now)
+        return {key: CounterValue(*state[key]) for key in keys}
 
     # keys
 
@@ -477,7 +477,7 @@ class _OpError(Exception):
     """One operation of a batch raised (its cause): the batch is rolled back and retried op by op."""
 
 
-def _live_many(con: sqlite3.Connection, keys: Sequence[str], now: float) -> dict[str, tuple[int, int]]:
+def _live_many(con: sqlite3.Connection, keys: Iterable[str], now: float) -> dict[str, rules.Counts]:
     """(used, reserved) of each counter, in one statement; missing or expired counters read as zero."""
     unique = list(dict.fromkeys(keys))
     out = dict.fromkeys(unique, (0, 0))
@@ -514,40 +514,28 @@ def _put_many(con: sqlite3.Connection, rows: list[tuple[str, int, int, float]]) 
     con.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?)", rows)
 
 
-def _live(con: sqlite3.Connection, key: str, now: float) -> tuple[int, int]:
-    return _live_many(con, [key], now)[key]
-
-
-def _put(con: sqlite3.Connection, key: str, used: int, reserved: int, expires_at: float) -> None:
-    _put_many(con, [(key, used, reserved, expires_at)])
+def _apply(con: sqlite3.Connection, deltas: Mapping[str, rules.Delta], now: float) -> None:
+    if deltas:
+        _put_many(con, rules.written(_live_many(con, deltas, now), deltas))
 
 
 def _reserve(con: sqlite3.Connection, lease: Lease, now: float) -> Denied | Admitted:
     exists = con.execute("SELECT 1 FROM leases WHERE hash_tag = ? AND id = ?", (lease.hash_tag, lease.id))
     if exists.fetchone() is not None:
         return Admitted()
-    state = _live_many(con, [h.key for h in lease.holds], now)
-    pending: dict[str, int] = {}
-    for hold in lease.holds:
-        used, reserved = state[hold.key]
-        ahead = pending.get(hold.key, 0)
-        if hold.limit >= 0 and used + reserved + ahead + hold.amount > hold.limit:
-            return Denied(hold=hold, used=used, reserved=reserved)
-        pending[hold.key] = ahead + hold.amount
-    values: dict[str, CounterValue] = {}
-    expires = {h.key: h.expires_at for h in lease.holds}
-    for key, extra in pending.items():
-        used, reserved = state[key]
-        values[key] = CounterValue(used, reserved + extra)
-    _put_many(con, [(key, v.used, v.reserved, expires[key]) for key, v in values.items()])
-    holds = [[h.key, h.limit, h.amount, h.expires_at, h.commit] for h in lease.holds]
+    read = _live_many(con, [h.key for h in lease.holds], now)
+    deltas = rules.admit(lease.holds, read, now)
+    if isinstance(deltas, Denied):
+        return deltas
+    rows = rules.written(read, deltas)
+    _put_many(con, rows)
     con.execute(
         "INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
         (
             lease.hash_tag,
             lease.id,
             lease.expires_at,
-            orjson.dumps(holds).decode(),
+            orjson.dumps(rules.hold_rows(lease.holds)).decode(),
             orjson.dumps(dict(lease.meta)).decode(),
         ),
     )
@@ -555,23 +543,7 @@ def _reserve(con: sqlite3.Connection, lease: Lease, now: float) -> Denied | Admi
         if len(con.leases) > 100_000:  # leases reaped by another connection are never settled here
             con.leases.clear()
         con.leases[(lease.hash_tag, lease.id)] = lease
-    return Admitted(values)
-
-
-def _charge(con: sqlite3.Connection, holds: Sequence[Hold], charges: Mapping[str, int], now: float) -> None:
-    live = [h for h in holds if not is_expired(h.expires_at, now)]
-    if not live:
-        return
-    state = _live_many(con, [h.key for h in live], now)
-    rows: dict[str, tuple[int, int, float]] = {}
-    charged: set[str] = set()
-    for hold in live:
-        used, reserved = rows[hold.key][:2] if hold.key in rows else state[hold.key]
-        if hold.key not in charged:  # a counter is charged once, however many holds it has
-            used += charges.get(hold.key, 0)
-            charged.add(hold.key)
-        rows[hold.key] = (used, max(0, reserved - hold.amount), hold.expires_at)
-    _put_many(con, [(k, *v) for k, v in rows.items()])
+    return rules.admitted(read, rows)
 
 
 def _load_lease(row: tuple[Any, ...]) -> Lease:
@@ -579,7 +551,7 @@ def _load_lease(row: tuple[Any, ...]) -> Lease:
     return Lease(
         id=lease_id,
         hash_tag=hash_tag,
-        holds=tuple(Hold(*h) for h in orjson.loads(holds)),
+        holds=rules.holds_from_rows(orjson.loads(holds)),
         expires_at=expires_at,
         meta=orjson.loads(meta),
     )
@@ -598,7 +570,7 @@ def _settle(con: sqlite3.Connection, lease_id: str, hash_tag: str, charges: dict
     lease = _take_lease(con, lease_id, hash_tag)
     if lease is None:
         return False
-    _charge(con, lease.holds, charges, now)
+    _apply(con, rules.settle_deltas(lease.holds, charges, now), now)
     return True
 
 
@@ -616,18 +588,14 @@ def _reap(con: sqlite3.Connection, hash_tag: str, now: float, clock_now: float, 
     leases = [_load_lease(row) for row in rows]
     for lease in leases:
         con.execute("DELETE FROM leases WHERE hash_tag = ? AND id = ?", (hash_tag, lease.id))
-        _charge(con, lease.holds, full_charges(lease.holds), clock_now)
+        _apply(con, rules.reap_deltas(lease.holds, clock_now), clock_now)
     if purge:
         con.execute("DELETE FROM counters WHERE expires_at > 0 AND expires_at <= ?", (clock_now,))
     return leases
 
 
 def _add_usage(con: sqlite3.Connection, charges: dict[str, int], expires_at: dict[str, float], now: float) -> None:
-    for key, amount in charges.items():
-        exp = expires_at.get(key, 0.0)
-        if not is_expired(exp, now):
-            used, reserved = _live(con, key, now)
-            _put(con, key, used + amount, reserved, exp)
+    _apply(con, rules.usage_deltas(charges, expires_at, now), now)
 
 
 def _key_record(row: tuple[Any, ...]) -> KeyRecord:
