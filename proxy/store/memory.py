@@ -65,6 +65,7 @@ class MemoryStore:
         self._keys: dict[str, KeyRecord] = {}
         self._overrides: dict[str, list[dict[str, Any]]] = {}
         self._ledger: list[LedgerRecord] = []
+        self._ledger_ids: set[str] = set()
         self._last_purge = 0.0
 
     async def open(self) -> None:
@@ -174,7 +175,11 @@ class MemoryStore:
     # ledger
 
     async def write_ledger(self, records: Sequence[LedgerRecord]) -> None:
-        self._ledger.extend(records)
+        """One row per request id, the first written wins (as in SQLite: a replayed batch adds nothing)."""
+        for r in records:
+            if r.request_id not in self._ledger_ids:
+                self._ledger_ids.add(r.request_id)
+                self._ledger.append(r)
 
     async def usage(self, since: float, team: str | None = None) -> list[UsageRow]:
         return usage_rows(r for r in self._ledger if r.ts >= since and (team is None or r.team == team))
