@@ -505,7 +505,8 @@ class Pipeline:
                     "new": parts.new,
                 },
                 trimmed_tokens=trace.trimmed,
-                counted_input=est.tokens if est is not None else None,
+                # drift compares counts, not a bound reserved for stored context quotagate cannot see
+                counted_input=est.tokens if est is not None and not est.unseen else None,
                 reported_input=trace.usage.input,
             )
         )

@@ -175,7 +175,7 @@ class Settings(_Frozen):
     ledger_queue_max: int = Field(default=100_000, gt=0)  # records held in memory; the overflow spills to disk
     ledger_spill_dir: str | None = None  # default: the SQLite file's directory, else ./data
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
-    overrides_refresh_seconds: float = Field(default=1.0, gt=0, le=60)  # runtime budget overrides, re-read
+    overrides_refresh_seconds: float = Field(default=0.5, gt=0, le=60)  # runtime budget overrides, re-read
     providers: dict[str, ProviderSettings]
     models: dict[str, ModelSettings]
     teams: dict[str, TeamSettings] = Field(default_factory=dict)

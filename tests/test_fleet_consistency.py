@@ -87,7 +87,7 @@ def real_team(**over: Any) -> dict[str, Any]:
 def fleet_config(mock: Proc, store: str) -> dict[str, Any]:
     teams = {name: real_team() for name in ("ovr", "dgseq", "dgburst", "gauge")}
     keys = [{"team": t, "name": f"k-{t}", "key": f"sk-{t}", "budgets": [{"window": "day", "usd": 50}]} for t in teams]
-    return base_config(mock.url, store, teams=teams, keys=keys, overrides_refresh_seconds=1.0)
+    return base_config(mock.url, store, teams=teams, keys=keys)  # overrides_refresh_seconds: the default (0.5 s)
 
 
 @dataclass

@@ -170,6 +170,9 @@ class SqliteStore:
         except (sqlite3.DatabaseError, OSError) as e:
             self._fail(batch, StoreUnavailable(f"SQLite store {self._path} unavailable: {e}"))
             return
+        except Exception as e:  # anything else: every waiter gets the error, none waits forever
+            self._fail(batch, e)
+            return
         self._resolve(batch, results)
         self._commits += 1
         if self._commits % _CHECKPOINT_EVERY == 0 and self._executor is not None:
@@ -249,7 +252,11 @@ class SqliteStore:
             for fn, args in ops:
                 try:
                     out.append((True, fn(con, *args)))
-                except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, ValueError) as e:
+                except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as e:
+                    raise _OpError from e
+                except sqlite3.DatabaseError:
+                    raise  # the database itself (locked, full, broken): the whole batch fails or moves
+                except Exception as e:  # this op's own fault (a bug, a value SQLite cannot hold): it fails alone
                     raise _OpError from e
             if fast is not None and fast.dirty:  # counters written once per batch, however many ops touched them
                 fast.executemany(
