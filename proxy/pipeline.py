@@ -9,6 +9,7 @@ task so that a client disconnect or a shutdown cannot skip it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from .errors import (
 from .ledger import Ledger
 from .logs import request_finished
 from .metrics import Metrics, RequestOutcome
-from .parse import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, ParsedRequest, parse
+from .parse import CHAT, COMPACT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, ParsedRequest, parse
 from .pricing import Price, price_of
 from .settings import ModelSettings, Settings, TeamSettings
 from .settle import Accountant, Reservation, ids
@@ -159,7 +160,7 @@ class Pipeline:
         if self.objects is not None:  # previous_response_id, conversation: the caller team's, or 404
             await self.objects.check_references(principal.team, req)
         team = self.s.teams.get(principal.team)
-        policy.check_model(self.s, team, req.model)
+        policy.check_mode(req.model, policy.check_model(self.s, team, req.model), trace.endpoint)
         trace.configured = True
         extra: dict[str, str] = {}
         requested = req.model
@@ -228,7 +229,7 @@ class Pipeline:
         trace.estimate = est
         cap = policy.output_cap(
             req.requested_cap if req.endpoint.has_output else 0,
-            team if req.endpoint.has_output else None,
+            team if req.endpoint.cap_fields else None,  # a team cap binds only what has a cap field
             model,
             trace.endpoint.default_cap,
             est.tokens,
@@ -286,7 +287,7 @@ class Pipeline:
         b = req.body
         if req.endpoint is CHAT:
             est = await self.counter.achat(b.get("messages"), b.get("tools"), model=name, encoding=enc)
-        elif req.endpoint is RESPONSES:
+        elif req.endpoint in (RESPONSES, COMPACT):
             est = await self.counter.aresponses(
                 b.get("input"), b.get("instructions"), b.get("tools"), model=name, encoding=enc
             )
@@ -312,21 +313,10 @@ class Pipeline:
         extra: dict[str, str],
         res: Reservation | None,
     ) -> None:
-        provider = self.s.providers[model.provider]
-        t_up = time.perf_counter()
-        try:
-            resp = await self.upstream.send(
-                provider,
-                req.endpoint,
-                trace.upstream_model or req.model,
-                req.body_bytes(),
-                scope["headers"],
-                trace.request_id,
-            )
-        except ProxyError as transport_err:
-            trace.upstream_s += time.perf_counter() - t_up
-            await self._send_error(send, transport_err, trace, extra)
-            return
+        connected = await self._connect(send, trace, req, model, scope, extra)
+        if connected is None:
+            return  # every provider failed; the last one's error was sent
+        resp, t_up = connected
         try:
             if resp.status >= 400:
                 raw = await resp.read()
@@ -360,6 +350,74 @@ class Pipeline:
             await self._send_error(send, broke, trace, extra)
         finally:
             resp.release()
+
+    async def _connect(
+        self,
+        send: Send,
+        trace: Trace,
+        req: ParsedRequest,
+        model: ModelSettings,
+        scope: Scope,
+        extra: dict[str, str],
+    ) -> tuple[aiohttp.ClientResponse, float] | None:
+        """Send to the model's provider, then down its failover list while nothing has been relayed: on a
+        connection failure, no response headers in time, or an upstream 429/5xx. Each failed attempt is
+        recorded (ledger row, metrics, log line) with its provider; the reservation stays the request's one."""
+        names = [model.provider, *model.failover][: self.s.failover_attempts]
+        wait = self.s.failover_timeout_s if len(names) > 1 else None
+        for attempt, name in enumerate(names, 1):
+            last = attempt == len(names)
+            trace.provider = name
+            extra["x-quotagate-provider"] = name
+            t_up = time.perf_counter()
+            err: ProxyError | None = None
+            try:
+                sending = self.upstream.send(
+                    self.s.providers[name],
+                    req.endpoint,
+                    trace.upstream_model or req.model,
+                    req.body_bytes(),
+                    scope["headers"],
+                    trace.request_id,
+                )
+                resp = await (sending if wait is None or last else asyncio.wait_for(sending, wait))
+            except TimeoutError:
+                err = UpstreamTimeout("The upstream provider did not answer in time.")
+            except ProxyError as transport_err:
+                err = transport_err
+            else:
+                if last or not (resp.status == 429 or resp.status >= 500):
+                    return resp, t_up
+                try:
+                    err = normalise_upstream_error(resp.status, await resp.read())
+                except (aiohttp.ClientError, TimeoutError):
+                    err = UpstreamUnreachable(f"The upstream connection failed (HTTP {resp.status}).")
+                finally:
+                    resp.release()
+            trace.upstream_s += time.perf_counter() - t_up
+            if last:
+                await self._send_error(send, err, trace, extra)
+                return None
+            self._failed_attempt(trace, attempt, err)
+        return None
+
+    def _failed_attempt(self, trace: Trace, attempt: int, err: ProxyError) -> None:
+        """A provider that failed before anything was relayed: its own ledger row (``<id>.<n>``), metrics
+        and log line; nothing charged (the provider billed nothing)."""
+        failed = dataclasses.replace(
+            trace,
+            request_id=f"{trace.request_id}.{attempt}",
+            status=err.status,
+            outcome=outcome_of(err),
+            error=err.message,
+            error_type=f"upstream_{err.status}" if isinstance(err, UpstreamError) else (err.code or err.type),
+            t_end=time.perf_counter(),
+            charged=False,
+            cost=0,
+        )
+        request_finished(failed, self.s.providers)
+        self.ledger.append(_record(failed))
+        self._observe(failed, Usage(0, 0, 0, 0))
 
     async def _relay_stream(
         self,
@@ -475,6 +533,9 @@ class Pipeline:
             await self.accountant.settle(res, used.total, trace.cost)
         request_finished(trace, self.s.providers)
         self.ledger.append(_record(trace))
+        self._observe(trace, used)
+
+    def _observe(self, trace: Trace, used: Usage) -> None:
         elapsed = (trace.t_end or time.perf_counter()) - trace.t0
         est = trace.estimate
         parts = est.parts if est is not None else None

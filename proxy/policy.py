@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ContextLengthExceeded, ModelNotFound
-from .settings import ModelSettings, Settings, TeamSettings
+from .errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from .parse import ENDPOINTS, Endpoint
+from .settings import MODE_ENDPOINTS, ModelSettings, Settings, TeamSettings
 
 _PINNED = frozenset({"system", "developer"})
 FALLBACK_OUTPUT_CAP = 4096
@@ -31,6 +32,19 @@ def check_model(settings: Settings, team: TeamSettings | None, model: str) -> Mo
     if m is None or (team is not None and team.models is not None and model not in team.models):
         raise ModelNotFound(model)
     return m
+
+
+def check_mode(name: str, model: ModelSettings, endpoint: Endpoint) -> None:
+    """A model declared (or known from the price table) to serve other endpoints: 400 naming both."""
+    if model.mode is None or endpoint.name in MODE_ENDPOINTS[model.mode]:
+        return
+    serves = " and ".join(path for path, e in ENDPOINTS.items() if e.name in MODE_ENDPOINTS[model.mode])
+    raise InvalidRequest(
+        f"The model `{name}` is a {model.mode} model and is not served on /v1{endpoint.path}; "
+        f"use it on {serves} (quotagate: models.{name}.mode).",
+        param="model",
+        code="model_not_supported",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,8 +79,23 @@ class LongContextSettings(_Frozen):
     output: Decimal = Field(default=Decimal(1), ge=0)
 
 
+ModelMode = Literal["chat", "completion", "embedding", "responses"]
+# the endpoints a model of each mode is served on (a chat model also answers the Responses API)
+MODE_ENDPOINTS: dict[str, frozenset[str]] = {
+    "chat": frozenset({"chat", "responses"}),
+    "completion": frozenset({"completions"}),
+    "embedding": frozenset({"embeddings"}),
+    "responses": frozenset({"responses"}),
+}
+
+
 class ModelSettings(_Frozen):
     provider: str
+    # tried in order when `provider` fails before anything was relayed (from `provider: [a, b, ...]`)
+    failover: tuple[str, ...] = ()
+    # what the model serves; unset: any endpoint (the provider decides). Embedding models get it from the
+    # price table.
+    mode: ModelMode | None = None
     upstream_model: str | None = None
     encoding: str | None = None
     context_window: int | None = Field(default=None, gt=0)
@@ -176,6 +191,9 @@ class Settings(_Frozen):
     ledger_spill_dir: str | None = None  # default: the SQLite file's directory, else ./data
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     overrides_refresh_seconds: float = Field(default=0.5, gt=0, le=60)  # runtime budget overrides, re-read
+    failover_attempts: int = Field(default=3, ge=1, le=10)  # providers tried per request, the first included
+    # time to wait for the response headers before trying the next provider; unset: upstream_timeout_s
+    failover_timeout_s: float | None = Field(default=None, gt=0)
     providers: dict[str, ProviderSettings]
     models: dict[str, ModelSettings]
     teams: dict[str, TeamSettings] = Field(default_factory=dict)
@@ -193,6 +211,9 @@ class Settings(_Frozen):
         for name, model in self.models.items():
             if model.provider not in self.providers:
                 raise _PathError(("models", name, "provider"), f"unknown provider {model.provider!r}")
+            for i, other in enumerate(model.failover):
+                if other not in self.providers:
+                    raise _PathError(("models", name, "failover", i), f"unknown provider {other!r}")
             if model.price is None:
                 raise _PathError(
                     ("models", name, "price"),
@@ -297,9 +318,13 @@ def _apply_price_table(raw: dict[str, Any], table: Mapping[str, Any]) -> None:
     for name, entry in models.items():
         if not isinstance(entry, dict):
             continue
-        # A provider list means "the first enabled one" (e.g. [openai, mock]: OpenAI when its key is set)
+        # A provider list is an ordered failover: the first enabled one serves, the later enabled ones are
+        # tried when it fails (e.g. [openai, mock]: OpenAI when its key is set; never failing over to a mock)
         if isinstance(entry.get("provider"), list):
-            entry["provider"] = _first_enabled(raw, ("models", name, "provider"), entry["provider"])
+            enabled = _enabled(raw, ("models", name, "provider"), entry["provider"])
+            entry["provider"] = enabled[0]
+            if "failover" not in entry:
+                entry["failover"] = [n for n in enabled[1:] if not _is_mock(raw, n) or _is_mock(raw, enabled[0])]
         row = table.get(entry.get("upstream_model") or name) or table.get(name)
         if not isinstance(row, dict):
             continue
@@ -307,18 +332,22 @@ def _apply_price_table(raw: dict[str, Any], table: Mapping[str, Any]) -> None:
             entry["price"] = {k: row[k] for k in ("input", "cached_input", "output") if k in row}
         if "long_context" not in entry and "long_context" in row:
             entry["long_context"] = row["long_context"]
-        for k in ("context_window", "max_output_tokens"):
+        for k in ("context_window", "max_output_tokens", "mode"):
             if k not in entry and k in row:
                 entry[k] = row[k]
 
 
-def _first_enabled(raw: dict[str, Any], path: tuple[str | int, ...], names: list[Any]) -> str:
+def _enabled(raw: dict[str, Any], path: tuple[str | int, ...], names: list[Any]) -> list[str]:
     providers = raw.get("providers") or {}
-    for n in names:
-        p = providers.get(n)
-        if isinstance(p, dict) and p.get("api_key", None) != "":
-            return str(n)
-    raise ConfigError(f"{'.'.join(map(str, path))}: none of {names} is enabled (their api_key is empty)")
+    out = [str(n) for n in names if isinstance(p := providers.get(n), dict) and p.get("api_key", None) != ""]
+    if not out:
+        raise ConfigError(f"{'.'.join(map(str, path))}: none of {names} is enabled (their api_key is empty)")
+    return out
+
+
+def _is_mock(raw: dict[str, Any], name: str) -> bool:
+    p = (raw.get("providers") or {}).get(name)
+    return isinstance(p, dict) and p.get("kind") == "mock"
 
 
 def parse(raw: Any, *, base: Path = Path("."), env: Mapping[str, str] | None = None) -> Settings:
