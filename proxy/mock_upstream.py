@@ -1,12 +1,12 @@
 """An OpenAI-compatible fake provider for demos, tests and benchmarks (`quotagate mock-upstream`).
 
-It answers /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and /v1/models with
-shapes the official `openai` SDK accepts (and keeps responses, and chat completions created with
-``store: true``, in memory for the stateful endpoints: retrieve, list, input items, messages, update,
-cancel, delete, input token counts), and deterministic output: N tokens of a fixed word list in which
-every word is one token in both cl100k_base and o200k_base, streamed one token per chunk. Prompt usage is
-counted with `proxy.count`, i.e. the same tokenizer as the gateway's own pre-count, so tests can compare
-the two exactly.
+It answers /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses (and /compact) and
+/v1/models with shapes the official `openai` SDK accepts (and keeps responses, chat completions created
+with ``store: true`` and conversations in memory for the stateful endpoints: retrieve, list, input items,
+messages, update, cancel, delete, input token counts, conversation items), and deterministic output: N
+tokens of a fixed word list in which every word is one token in both cl100k_base and o200k_base, streamed
+one token per chunk. Prompt usage is counted with `proxy.count`, i.e. the same tokenizer as the gateway's
+own pre-count, so tests can compare the two exactly.
 
 Faults and behaviour are chosen per request by a ``mock`` object in the JSON body or by ``x-mock-<name>``
 headers (body wins); see `Controls`. The last requests received are kept for inspection at
@@ -94,6 +94,12 @@ class _BadRequest(Exception):
         self.param = param
 
 
+class _NotFound(Exception):
+    def __init__(self, what: str, object_id: str) -> None:
+        super().__init__(f"{what} with id '{object_id}' not found.")
+        self.what, self.object_id = what, object_id
+
+
 @dataclass(slots=True)
 class _StoredResponse:
     response: dict[str, Any]
@@ -107,6 +113,12 @@ class _StoredCompletion:
 
 
 @dataclass(slots=True)
+class _Conversation:
+    conversation: dict[str, Any]
+    items: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
 class _State:
     config: MockConfig
     counter: Counter = field(default_factory=Counter)
@@ -114,6 +126,7 @@ class _State:
     ids: Iterator[int] = field(default_factory=itertools.count)
     responses: dict[str, _StoredResponse] = field(default_factory=dict)
     completions: dict[str, _StoredCompletion] = field(default_factory=dict)  # insertion order = created order
+    conversations: dict[str, _Conversation] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +476,8 @@ async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except _BadRequest as exc:
         return _json(_openai_error(exc.message, "invalid_request_error", None, exc.param), 400)
+    except _NotFound as exc:
+        return _not_found(exc.what, exc.object_id)
 
 
 # ---------------------------------------------------------------- streaming
@@ -774,17 +789,12 @@ async def responses(request: web.Request) -> web.StreamResponse:
     model = _model(body)
     if "input" not in body:
         raise _BadRequest("you must provide an input parameter", "input")
-    previous = body.get("previous_response_id")
-    if previous is not None and previous not in state.responses:
-        return _json(
-            _openai_error(
-                f"Previous response with id '{previous}' not found.",
-                "invalid_request_error",
-                "previous_response_not_found",
-                "previous_response_id",
-            ),
-            404,
-        )
+    missing = _missing_previous(state, body)
+    if missing is not None:
+        return missing
+    conversation = _conversation_of(state, body.get("conversation"))
+    if isinstance(conversation, web.Response):
+        return conversation
     stream = body.get("stream") is True
     prompt = (
         await state.counter.aresponses(
@@ -802,6 +812,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
     part = {"type": "output_text", "text": plan.text, "annotations": [], "logprobs": []}
     item = {"id": mid, "type": "message", "status": status, "role": "assistant", "content": [part]}
     ttft, tpot = _ttft(state.config, prompt), _tpot(state.config, ctl)
+    if conversation is not None:
+        conversation.items += [*_input_items(state, body["input"]), item]
     if body.get("background") is True and not stream:  # queued; only ever cancelled (nothing runs it)
         queued = _response_object(rid, body, model, created, "queued", [], None)
         _store_response(state, queued, body)
@@ -887,6 +899,71 @@ async def responses(request: web.Request) -> web.StreamResponse:
         )
 
     return await _stream(request, ctl, ttft, tpot, opening, content, closing, error_event)
+
+
+def _missing_previous(state: _State, body: Mapping[str, Any]) -> web.Response | None:
+    """A ``previous_response_id`` this provider does not keep: 404 (400 when it is not a string at all)."""
+    previous = body.get("previous_response_id")
+    if previous is None:
+        return None
+    if not isinstance(previous, str):
+        raise _BadRequest("Invalid type for 'previous_response_id': expected a string.", "previous_response_id")
+    if previous in state.responses:
+        return None
+    return _json(
+        _openai_error(
+            f"Previous response with id '{previous}' not found.",
+            "invalid_request_error",
+            "previous_response_not_found",
+            "previous_response_id",
+        ),
+        404,
+    )
+
+
+def _conversation_of(state: _State, value: Any) -> _Conversation | web.Response | None:
+    if value is None:
+        return None
+    cid = value.get("id") if isinstance(value, dict) else value
+    if not isinstance(cid, str):
+        raise _BadRequest("Invalid type for 'conversation': expected a string or an object with an id.", "conversation")
+    found = state.conversations.get(cid)
+    return found if found is not None else _not_found("Conversation", cid)
+
+
+async def compact(request: web.Request) -> web.StreamResponse:
+    """POST /v1/responses/compact: the user messages of the input (or of the previous response's), then one
+    compaction item; billed like a response (usage)."""
+    state, ctx = request.app[STATE], request[CTX]
+    body, ctl = ctx.body, ctx.controls
+    model = _model(body)
+    missing = _missing_previous(state, body)
+    if missing is not None:
+        return missing
+    previous = body.get("previous_response_id")
+    value = body.get("input")
+    items = _input_items(state, value) if value is not None else []
+    if previous is not None:
+        items = [*state.responses[previous].input_items, *items]
+    prompt = (
+        await state.counter.aresponses(
+            value or "", body.get("instructions"), None, model=model, encoding=_encoding_for(model)
+        )
+    ).tokens
+    plan = _plan_text(state, body, ctl, prompt, ())
+    cid = _new_id(state, "cmp_")
+    summary = base64.b64encode(plan.text.encode()).decode()
+    compaction = {"id": _new_id(state, "cmp_item_"), "type": "compaction", "encrypted_content": summary}
+    users = [i for i in items if i.get("role") == "user"]
+    return _json(
+        {
+            "id": cid,
+            "object": "response.compaction",
+            "output": [*users, compaction],
+            "created_at": int(time.time()),
+            "usage": None if ctl.no_usage else _responses_usage(plan),
+        }
+    )
 
 
 # ---------------------------------------------------------------- stored objects
@@ -978,8 +1055,9 @@ async def input_tokens(request: web.Request) -> web.StreamResponse:
     state, body = request.app[STATE], request[CTX].body
     model = body.get("model")
     previous = body.get("previous_response_id")
-    if previous is not None and previous not in state.responses:
-        return _not_found("Previous response", previous)
+    missing = _missing_previous(state, body)
+    if missing is not None:
+        return missing
     if not isinstance(model, str) or not model:
         model = state.responses[previous].response["model"] if previous is not None else "gpt-4o-mini"
     counted = await state.counter.aresponses(
@@ -1029,6 +1107,87 @@ async def chat_completion_messages(request: web.Request) -> web.StreamResponse:
     return _json(_page(stored.messages, request.query, "asc"))
 
 
+def _conversation_at(request: web.Request) -> _Conversation:
+    found = request.app[STATE].conversations.get(cid := request.match_info["id"])
+    if found is None:
+        raise _NotFound("Conversation", cid)
+    return found
+
+
+def _new_items(state: _State, body: Mapping[str, Any], required: bool) -> list[dict[str, Any]]:
+    value = body.get("items")
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise _BadRequest("Invalid 'items': expected an array of input items.", "items")
+    return _input_items(state, value)
+
+
+async def create_conversation(request: web.Request) -> web.StreamResponse:
+    state, body = request.app[STATE], request[CTX].body
+    cid = _new_id(state, "conv_")
+    conv = {"id": cid, "object": "conversation", "created_at": int(time.time()), "metadata": body.get("metadata") or {}}
+    state.conversations[cid] = _Conversation(conv, _new_items(state, body, required=False))
+    return _json(conv)
+
+
+async def get_conversation(request: web.Request) -> web.StreamResponse:
+    return _json(_conversation_at(request).conversation)
+
+
+async def update_conversation(request: web.Request) -> web.StreamResponse:
+    found = _conversation_at(request)
+    metadata = request[CTX].body.get("metadata")
+    if not isinstance(metadata, dict):
+        raise _BadRequest("Missing required parameter: 'metadata'.", "metadata")
+    found.conversation = {**found.conversation, "metadata": metadata}
+    return _json(found.conversation)
+
+
+async def delete_conversation(request: web.Request) -> web.StreamResponse:
+    cid = _conversation_at(request).conversation["id"]
+    del request.app[STATE].conversations[cid]
+    return _json({"id": cid, "object": "conversation.deleted", "deleted": True})
+
+
+async def conversation_items(request: web.Request) -> web.StreamResponse:
+    return _json(_page(_conversation_at(request).items, request.query, "desc"))
+
+
+async def add_conversation_items(request: web.Request) -> web.StreamResponse:
+    found = _conversation_at(request)
+    added = _new_items(request.app[STATE], request[CTX].body, required=True)
+    found.items += added
+    return _json(
+        {
+            "object": "list",
+            "data": added,
+            "first_id": added[0]["id"] if added else None,
+            "last_id": added[-1]["id"] if added else None,
+            "has_more": False,
+        }
+    )
+
+
+def _item_at(request: web.Request) -> tuple[_Conversation, dict[str, Any]]:
+    found = _conversation_at(request)
+    item_id = request.match_info["item_id"]
+    item = next((i for i in found.items if i.get("id") == item_id), None)
+    if item is None:
+        raise _NotFound("Item", item_id)
+    return found, item
+
+
+async def get_conversation_item(request: web.Request) -> web.StreamResponse:
+    return _json(_item_at(request)[1])
+
+
+async def delete_conversation_item(request: web.Request) -> web.StreamResponse:
+    found, item = _item_at(request)
+    found.items.remove(item)
+    return _json(found.conversation)
+
+
 def _model_entry(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "quotagate-mock"}
 
@@ -1039,6 +1198,10 @@ async def list_models(request: web.Request) -> web.StreamResponse:
 
 async def get_model(request: web.Request) -> web.StreamResponse:
     return _json(_model_entry(request.match_info["model"]))
+
+
+async def delete_model(request: web.Request) -> web.StreamResponse:
+    return _json({"id": request.match_info["model"], "object": "model", "deleted": True})
 
 
 async def recorded_requests(request: web.Request) -> web.StreamResponse:
@@ -1063,6 +1226,7 @@ def build_app(config: MockConfig) -> web.Application:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/responses/input_tokens", input_tokens)
+    app.router.add_post("/v1/responses/compact", compact)
     app.router.add_get("/v1/responses/{id}", get_response)
     app.router.add_delete("/v1/responses/{id}", delete_response)
     app.router.add_get("/v1/responses/{id}/input_items", response_input_items)
@@ -1074,6 +1238,15 @@ def build_app(config: MockConfig) -> web.Application:
     app.router.add_get("/v1/chat/completions/{id}/messages", chat_completion_messages)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
+    app.router.add_delete("/v1/models/{model:.+}", delete_model)
+    app.router.add_post("/v1/conversations", create_conversation)
+    app.router.add_get("/v1/conversations/{id}", get_conversation)
+    app.router.add_post("/v1/conversations/{id}", update_conversation)
+    app.router.add_delete("/v1/conversations/{id}", delete_conversation)
+    app.router.add_get("/v1/conversations/{id}/items", conversation_items)
+    app.router.add_post("/v1/conversations/{id}/items", add_conversation_items)
+    app.router.add_get("/v1/conversations/{id}/items/{item_id}", get_conversation_item)
+    app.router.add_delete("/v1/conversations/{id}/items/{item_id}", delete_conversation_item)
     app.router.add_get("/_mock/requests", recorded_requests)
     app.router.add_delete("/_mock/requests", clear_requests)
     return app

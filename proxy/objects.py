@@ -1,15 +1,16 @@
-"""The stateful OpenAI endpoints, isolated by team: reading, listing, cancelling and deleting the responses
-and chat completions that requests through quotagate created, counting input tokens, reading one model.
+"""The stateful OpenAI endpoints, isolated by team: reading, listing, cancelling and deleting the responses,
+chat completions and conversations that requests through quotagate created, counting input tokens,
+reading and deleting one model.
 
 Every id a provider creates for a request (a response's, a chat completion's, stored or not: only the
-provider knows) is recorded with the caller's team and the provider (``Ownership.created``, called when
-the pipeline settles). A request naming an id goes to that provider only if the id is the caller team's;
-another team's id, a deleted one and one quotagate never saw all get the same 404 and no upstream call,
-so a team cannot even learn that someone else's id exists. ``previous_response_id`` and ``conversation``
-on POST /v1/responses are checked the same way before anything is forwarded. Conversations are created
-by /v1/conversations, which quotagate does not serve, so no conversation is any team's: a request naming
-one is refused rather than let a team continue a conversation it cannot prove is its own. The list of
-stored chat completions is the provider's list with only the caller team's entries kept.
+provider knows; a conversation's, from POST /v1/conversations) is recorded with the caller's team and the
+provider (``Ownership.created``). A request naming an id goes to that provider only if the id is the caller
+team's; another team's id and one quotagate never saw get the same 404 and no upstream call, so a team
+cannot even learn that someone else's id exists. ``previous_response_id`` and ``conversation`` on POST
+/v1/responses (and ``previous_response_id`` on /v1/responses/compact and input_tokens) are checked the same
+way before anything is forwarded. A deleted id stays its team's: whether it still exists is the provider's
+to say, so later requests naming it are forwarded (the list skips it). The list of stored chat completions
+is the provider's list with only the caller team's entries kept.
 
 None of this is budgeted (no tokens): each request is counted in ``quotagate_requests`` (operation
 ``stateful``) and written to the ledger as its own endpoint (``responses.get``, ...), cost 0, not charged.
@@ -45,10 +46,11 @@ from .errors import (
 )
 from .ledger import Ledger
 from .metrics import Metrics, RequestOutcome
-from .parse import RESPONSES, Endpoint, ParsedRequest
+from .parse import Endpoint, ParsedRequest
 from .pipeline import Receive, Scope, Send, _read_body, _relayed, _respond, outcome_of
 from .settings import ProviderSettings, Settings
 from .settle import ids
+from .sse import object_id_of
 from .store.base import LedgerRecord, ObjectRecord, Store
 
 log = logging.getLogger("quotagate.objects")
@@ -58,8 +60,8 @@ COMPLETION = "chat.completion"
 CONVERSATION = "conversation"
 _NOUNS = {RESPONSE: "response", COMPLETION: "chat completion", CONVERSATION: "conversation"}
 _CREATED_BY = {"responses": RESPONSE, "chat": COMPLETION}  # governed endpoint -> what it creates
-_UPSTREAM = {RESPONSE: "/responses", COMPLETION: "/chat/completions"}
-_PREFIXES = {RESPONSE: "/v1/responses/", COMPLETION: "/v1/chat/completions/"}
+_UPSTREAM = {RESPONSE: "/responses", COMPLETION: "/chat/completions", CONVERSATION: "/conversations"}
+_PREFIXES = {f"/v1{path}/": kind for kind, path in _UPSTREAM.items()}
 # Client headers these endpoints pass on (nothing else: there is no body to govern, only ids to guard).
 _PASSED = frozenset({b"accept", b"openai-beta", b"user-agent", b"x-request-id"})
 LIST_PAGE = 100  # provider list entries read per upstream page when filtering stored chat completions
@@ -71,7 +73,7 @@ class Route:
     name: str  # the ledger's endpoint
     method: str
     kind: str | None = None  # the kind of object whose id the path names
-    suffix: str = ""  # what follows the id, here and upstream
+    suffix: str = ""  # what follows the id, here and upstream; a trailing "/*" is one more path segment
 
 
 ROUTES = (
@@ -83,28 +85,49 @@ ROUTES = (
     Route("chat.update", "POST", COMPLETION),
     Route("chat.delete", "DELETE", COMPLETION),
     Route("chat.messages", "GET", COMPLETION, "/messages"),
+    Route("conversations.get", "GET", CONVERSATION),
+    Route("conversations.update", "POST", CONVERSATION),
+    Route("conversations.delete", "DELETE", CONVERSATION),
+    Route("conversations.items", "GET", CONVERSATION, "/items"),
+    Route("conversations.add_items", "POST", CONVERSATION, "/items"),
+    Route("conversations.item", "GET", CONVERSATION, "/items/*"),
+    Route("conversations.delete_item", "DELETE", CONVERSATION, "/items/*"),
 )
 INPUT_TOKENS = Route("responses.input_tokens", "POST")
 CHAT_LIST = Route("chat.list", "GET")
+CONVERSATION_CREATE = Route("conversations.create", "POST")
 MODEL = Route("models.get", "GET")
+MODEL_DELETE = Route("models.delete", "DELETE")
+_FIXED = {
+    ("POST", "/v1/responses/input_tokens"): INPUT_TOKENS,
+    ("GET", "/v1/chat/completions"): CHAT_LIST,
+    ("POST", "/v1/conversations"): CONVERSATION_CREATE,
+}
 
 
-def match(method: str, path: str) -> tuple[Route, str] | None:
-    """The stateful route of a request, and the id (or model) its path names."""
-    if method == "POST" and path == "/v1/responses/input_tokens":
-        return INPUT_TOKENS, ""
-    if method == "GET" and path == "/v1/chat/completions":
-        return CHAT_LIST, ""
-    if method == "GET" and path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
-        return MODEL, path[len("/v1/models/") :]
-    for kind, prefix in _PREFIXES.items():
+def match(method: str, path: str) -> tuple[Route, str, str] | None:
+    """The stateful route of a request, the id (or model) its path names, and what follows the id."""
+    fixed = _FIXED.get((method, path))
+    if fixed is not None:
+        return fixed, "", ""
+    if path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
+        model = {"GET": MODEL, "DELETE": MODEL_DELETE}.get(method)
+        return (model, path[len("/v1/models/") :], "") if model is not None else None
+    for prefix, kind in _PREFIXES.items():
         if path.startswith(prefix):
             object_id, slash, rest = path[len(prefix) :].partition("/")
             suffix = slash + rest
             for route in ROUTES:
-                if object_id and route.kind == kind and route.method == method and route.suffix == suffix:
-                    return route, object_id
+                if object_id and route.kind == kind and route.method == method and _fits(route.suffix, suffix):
+                    return route, object_id, suffix
     return None
+
+
+def _fits(pattern: str, suffix: str) -> bool:
+    if pattern.endswith("/*"):
+        head, _, last = suffix.rpartition("/")
+        return bool(last) and head == pattern[:-2]
+    return pattern == suffix
 
 
 def model_entry(settings: Settings, name: str, created: int) -> dict[str, Any]:
@@ -125,10 +148,10 @@ class Ownership:
         # it must not get 404 because the write is a little late.
         self._fresh: dict[tuple[str, str], ObjectRecord] = {}
 
-    def created(self, endpoint: Endpoint, object_id: str, team: str | None, provider: str) -> Awaitable[None]:
-        """Record an id the provider created for ``team``'s request: known in this process at once, in the
-        store once the returned awaitable has run (a store outage only logs)."""
-        kind = _CREATED_BY.get(endpoint.name)
+    def created(self, endpoint: Endpoint | str, object_id: str, team: str | None, provider: str) -> Awaitable[None]:
+        """Record an id the provider created for ``team``'s request (a governed endpoint's, or a kind): known
+        in this process at once, in the store once the returned awaitable has run (a store outage only logs)."""
+        kind = _CREATED_BY.get(endpoint.name) if isinstance(endpoint, Endpoint) else endpoint
         if kind is None or not team:
             return self._save(None)
         record = ObjectRecord(kind, object_id, team, provider, self._clock())
@@ -146,11 +169,12 @@ class Ownership:
             self._fresh.pop((record.kind, record.object_id), None)
 
     async def owned(self, kind: str, object_id: str, team: str, refusal: ProxyError | None = None) -> ObjectRecord:
-        """The record of ``team``'s live object ``object_id``, else ``refusal`` (a 404) is raised."""
+        """The record of ``team``'s object ``object_id`` (deleted or not: the provider says whether it is still
+        there), else ``refusal`` (a 404) is raised."""
         record = self._fresh.get((kind, object_id))
         if record is None:
             record = (await self._store.find_objects(kind, [object_id])).get(object_id)
-        if record is None or record.deleted or record.team != team:
+        if record is None or record.team != team:
             raise refusal or not_found(kind, object_id)
         return record
 
@@ -162,12 +186,12 @@ class Ownership:
     async def deleted(self, record: ObjectRecord) -> None:
         try:
             await self._store.delete_object(record.kind, record.object_id)
-        except StoreUnavailable as e:  # the provider has deleted it: its GETs will answer 404 themselves
+        except StoreUnavailable as e:  # only the list reads the mark; the provider no longer lists it anyway
             log.warning("%s %s deleted upstream, not marked: %s", record.kind, record.object_id, e.message)
 
     async def check_references(self, team: str, req: ParsedRequest) -> None:
-        """POST /v1/responses may continue only the caller team's response or conversation (else 404)."""
-        if req.endpoint is RESPONSES:
+        """POST /v1/responses (and /compact) may continue only the caller team's response or conversation."""
+        if req.endpoint.stored_context:
             await self.check_body(team, req.body)
 
     async def check_body(self, team: str, body: dict[str, Any]) -> ObjectRecord | None:
@@ -199,6 +223,8 @@ class Target:
     path: str  # below the provider's base_url, with the query string
     body: bytes | None = None
     record: ObjectRecord | None = None  # the object the path names
+    creates: str | None = None  # the kind of object a 2xx answer's `id` names, recorded for ``team``
+    team: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +269,7 @@ class StatefulRoutes:
         if self._session is not None:
             await self._session.close()
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, route: Route, arg: str) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send, route: Route, arg: str, sub: str = "") -> None:
         rid, ts, t0 = next(self._ids), self._clock(), time.perf_counter()
         team: str | None = None
         key_name = ""
@@ -262,9 +288,9 @@ class StatefulRoutes:
             elif route is CHAT_LIST:
                 done = await self._list(scope, send, team, rid)
             else:
-                target = await self._target(route, arg, team, scope, raw)
+                target = await self._target(route, arg, sub, team, scope, raw)
                 done = await self._forward(scope, receive, send, target, rid)
-                if done.error is None and target.record is not None and route.method == "DELETE":
+                if done.error is None and target.record is not None and route.method == "DELETE" and not sub:
                     await self.ownership.deleted(target.record)
         except ProxyError as err:
             done = Relayed(err.status, done.upstream_s, err)
@@ -273,15 +299,32 @@ class StatefulRoutes:
             await _respond(send, status, headers, body, rid)
         self._record(route, rid, ts, t0, team, key_name, target, done)
 
-    async def _target(self, route: Route, arg: str, team: str, scope: Scope, raw: bytes) -> Target:
+    async def _target(self, route: Route, arg: str, sub: str, team: str, scope: Scope, raw: bytes) -> Target:
+        query = scope.get("query_string", b"").decode("latin-1")
+        query = f"?{query}" if query else ""
+        body = raw or None if route.method == "POST" else None
         if route.kind is not None:
             record = await self.ownership.owned(route.kind, arg, team)
             if record.provider not in self._s.providers:  # the provider has left the config since
                 raise not_found(route.kind, arg)
-            query = scope.get("query_string", b"").decode("latin-1")
-            path = f"{_UPSTREAM[route.kind]}/{quote(arg, safe='')}{route.suffix}" + (f"?{query}" if query else "")
-            return Target(record.provider, "", path, raw or None if route.method == "POST" else None, record)
+            rest = "/".join(quote(segment, safe="") for segment in sub.split("/"))
+            return Target(
+                record.provider, "", f"{_UPSTREAM[route.kind]}/{quote(arg, safe='')}{rest}{query}", body, record
+            )
+        if route is MODEL_DELETE:  # a fine-tuned model: only one the team may use, under the provider's name
+            model = policy.check_model(self._s, self._s.teams.get(team), arg)
+            return Target(model.provider, arg, f"/models/{quote(model.upstream_model or arg, safe=':')}")
+        if route is CONVERSATION_CREATE:
+            return Target(self._home(team), "", f"/conversations{query}", body, creates=CONVERSATION, team=team)
         return await self._input_tokens(team, raw)
+
+    def _home(self, team: str) -> str:
+        """Where a team's conversations are kept: the provider of its first model, in config order (they
+        carry no model to route by)."""
+        providers, _ = self._list_providers(team, None)
+        if not providers:
+            raise InvalidRequest("This team may use no model, so no provider keeps its conversations.")
+        return providers[0]
 
     async def _input_tokens(self, team: str, raw: bytes) -> Target:
         try:
@@ -338,12 +381,24 @@ class StatefulRoutes:
             if resp.headers.get("content-type", "").startswith("text/event-stream"):
                 return await self._relay_stream(receive, send, resp, rid, t_up)
             raw = await resp.read()
+            saving = self._created(target, raw)  # known before the client can name it
             await _respond(send, resp.status, _relayed(resp), raw, rid)
+            if saving is not None:
+                await saving
             return Relayed(resp.status, time.perf_counter() - t_up)
         except (aiohttp.ClientError, TimeoutError) as e:
             return Relayed(502, time.perf_counter() - t_up, _broken(e))
         finally:
             resp.release()
+
+    def _created(self, target: Target, raw: bytes) -> Awaitable[None] | None:
+        if target.creates is None:
+            return None
+        try:
+            found = object_id_of(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            return None
+        return self.ownership.created(target.creates, found, target.team, target.provider) if found else None
 
     async def _relay_stream(
         self, receive: Receive, send: Send, resp: aiohttp.ClientResponse, rid: str, t_up: float
@@ -386,7 +441,7 @@ class StatefulRoutes:
     async def _list(self, scope: Scope, send: Send, team: str, rid: str) -> Relayed:
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         asked = dict(query)
-        limit = _limit(asked.get("limit"))
+        limit, as_given = _limit(asked.get("limit"))
         params = [(k, v) for k, v in query if k not in ("limit", "after", "model")]
         providers, model = self._list_providers(team, asked.get("model"))
         if model is not None:
@@ -403,7 +458,8 @@ class StatefulRoutes:
                 if pages == LIST_PAGES:  # give up on filling the page: the rest is for the next one
                     more = True
                     break
-                page = [*params, ("limit", str(LIST_PAGE)), *([("after", cursor)] if cursor else [])]
+                size = as_given if pages == 0 and as_given is not None else str(LIST_PAGE)
+                page = [*params, ("limit", size), *([("after", cursor)] if cursor else [])]
                 listed = await self._upstream_list(scope, name, page, rid)
                 pages += 1
                 if listed is None:  # this provider keeps no stored completions
@@ -543,16 +599,17 @@ def _url(provider: ProviderSettings, path: str) -> str:
     return provider.base_url + path
 
 
-def _limit(value: str | None) -> int:
+def _limit(value: str | None) -> tuple[int, str | None]:
+    """How many of the caller's entries to return, and the client's ``limit`` when it is one quotagate would
+    not send itself: that goes upstream as given on the first page, for the provider to accept or refuse
+    (validating it is the provider's job). An entry count quotagate cannot read is OpenAI's default, 20."""
     if value is None or value == "":
-        return 20
+        return 20, None
     try:
         limit = int(value)
     except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise InvalidRequest("Invalid 'limit': expected an integer between 1 and 100.", param="limit")
-    return limit
+        return 20, value
+    return min(max(limit, 1), 100), None if 1 <= limit <= 100 else value
 
 
 def _broken(e: BaseException) -> ProxyError:

@@ -22,25 +22,40 @@ from .errors import InvalidJSON, InvalidRequest
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    name: str  # chat | completions | embeddings | responses
+    name: str  # chat | completions | embeddings | responses | responses.compact
     path: str  # upstream path below the provider's base_url
     operation: str  # OpenTelemetry gen_ai.operation.name
     cap_fields: tuple[str, ...]  # output-cap fields, preferred first
     prompt_field: str
     has_output: bool = True
     default_cap: int | None = None  # what the API does when the client gives no cap
+    # fields that pull input the client does not send from the provider's storage (the ids are the caller
+    # team's or 404, and that input is reserved, not counted)
+    stored_context: tuple[str, ...] = ()
 
 
 CHAT = Endpoint("chat", "/chat/completions", "chat", ("max_completion_tokens", "max_tokens"), "messages")
 COMPLETIONS = Endpoint("completions", "/completions", "text_completion", ("max_tokens",), "prompt", default_cap=16)
 EMBEDDINGS = Endpoint("embeddings", "/embeddings", "embeddings", (), "input", has_output=False)
-RESPONSES = Endpoint("responses", "/responses", "responses", ("max_output_tokens",), "input")
+RESPONSES = Endpoint(
+    "responses",
+    "/responses",
+    "responses",
+    ("max_output_tokens",),
+    "input",
+    stored_context=("previous_response_id", "conversation", "prompt"),
+)
+# Compaction is a model call the provider bills (CompactResource carries `usage`); its output cannot be capped.
+COMPACT = Endpoint(
+    "responses.compact", "/responses/compact", "responses", (), "input", stored_context=("previous_response_id",)
+)
 
 ENDPOINTS: dict[str, Endpoint] = {
     "/v1/chat/completions": CHAT,
     "/v1/completions": COMPLETIONS,
     "/v1/embeddings": EMBEDDINGS,
     "/v1/responses": RESPONSES,
+    "/v1/responses/compact": COMPACT,
 }
 
 
@@ -64,10 +79,6 @@ class ParsedRequest:
 
     def body_bytes(self) -> bytes:
         return orjson.dumps(self.body) if self.patched else self.raw
-
-
-# Responses API fields that pull input the client does not send from the provider's storage.
-_STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
 
 
 def _json_type(v: Any) -> str:
@@ -127,7 +138,5 @@ def parse(endpoint: Endpoint, raw: bytes) -> ParsedRequest:
         v = _int_field(body, name)
         if v is not None and cap is None:
             cap = v
-    unseen = body.get(endpoint.prompt_field) is None or (
-        endpoint is RESPONSES and any(body.get(k) is not None for k in _STORED_CONTEXT)
-    )
+    unseen = body.get(endpoint.prompt_field) is None or any(body.get(k) is not None for k in endpoint.stored_context)
     return ParsedRequest(endpoint, body, raw, model, stream, wants_usage, cap, unseen)

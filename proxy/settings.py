@@ -82,10 +82,10 @@ class LongContextSettings(_Frozen):
 ModelMode = Literal["chat", "completion", "embedding", "responses"]
 # the endpoints a model of each mode is served on (a chat model also answers the Responses API)
 MODE_ENDPOINTS: dict[str, frozenset[str]] = {
-    "chat": frozenset({"chat", "responses"}),
+    "chat": frozenset({"chat", "responses", "responses.compact"}),
     "completion": frozenset({"completions"}),
     "embedding": frozenset({"embeddings"}),
-    "responses": frozenset({"responses"}),
+    "responses": frozenset({"responses", "responses.compact"}),
 }
 
 

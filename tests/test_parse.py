@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from proxy.errors import InvalidJSON, InvalidRequest
-from proxy.parse import CHAT, COMPLETIONS, EMBEDDINGS, ENDPOINTS, RESPONSES, Endpoint, parse
+from proxy.parse import CHAT, COMPACT, COMPLETIONS, EMBEDDINGS, ENDPOINTS, RESPONSES, Endpoint, parse
 
 RAW = b'{ "model" : "gpt-4o-mini",\n  "messages": [{"role":"user","content":"h\\u00e9"}], "x_extra": {"a": [1, 2.50]} }'
 
@@ -17,6 +17,7 @@ def test_endpoints_map_paths_to_upstream_paths() -> None:
         "/v1/completions": "/completions",
         "/v1/embeddings": "/embeddings",
         "/v1/responses": "/responses",
+        "/v1/responses/compact": "/responses/compact",
     }
     assert not EMBEDDINGS.has_output and EMBEDDINGS.cap_fields == ()
     assert COMPLETIONS.default_cap == 16
@@ -95,6 +96,8 @@ def test_responses_with_stored_context_are_unseen_input(extra: dict[str, object]
     assert not parse(RESPONSES, b'{"model": "m", "input": "x"}').unseen_input
     # `prompt` is only stored context on the Responses API; on completions it is the prompt itself
     assert not parse(COMPLETIONS, b'{"model": "m", "prompt": "x"}').unseen_input
+    assert parse(COMPACT, b'{"model": "m", "input": "x", "previous_response_id": "resp_1"}').unseen_input
+    assert not parse(COMPACT, b'{"model": "m", "input": "x"}').unseen_input
 
 
 def test_stream_is_true_only_for_json_true() -> None:

@@ -1,6 +1,7 @@
 """The stateful OpenAI endpoints through a real gateway, driven by the official ``openai`` SDK: each works for
-the team that created the object; another team, or an id quotagate never saw, gets 404 and the provider is
-never asked; each request is counted in /metrics and written to the ledger (cost 0, not charged)."""
+the team that created the object (a deleted one included: the provider answers for it); another team, or an
+id quotagate never saw, gets 404 and the provider is never asked; each request is counted in /metrics and
+written to the ledger (cost 0, not charged). /v1/responses/compact is a governed model call (charged)."""
 
 from __future__ import annotations
 
@@ -89,8 +90,12 @@ def test_the_owner_reads_counts_continues_and_deletes_a_response(env: Env) -> No
     assert second.previous_response_id == first.id
     c.responses.delete(first.id)
     forget_upstream(env)
-    not_found(lambda: c.responses.retrieve(first.id), first.id)  # deleted: known to be gone, not asked again
-    not_found(lambda: c.responses.delete(first.id), first.id)
+    # still the team's: whether it is gone is the provider's to say, and its 404 is relayed
+    with pytest.raises(openai.NotFoundError, match=first.id):
+        c.responses.retrieve(first.id)
+    assert upstream_paths(env) == [f"GET /v1/responses/{first.id}"]
+    forget_upstream(env)
+    not_found(lambda: client(env, "sk-t2").responses.retrieve(first.id), first.id)  # and no one else's
     assert upstream_paths(env) == []
     assert c.responses.retrieve(second.id).id == second.id
 
@@ -122,8 +127,9 @@ def test_the_owner_reads_updates_lists_and_deletes_a_stored_completion(env: Env)
     c.chat.completions.delete(made.id)
     assert list(c.chat.completions.list(metadata={"test": "owner"})) == []
     forget_upstream(env)
-    not_found(lambda: c.chat.completions.retrieve(made.id), made.id)
-    assert upstream_paths(env) == []
+    with pytest.raises(openai.NotFoundError, match=made.id):  # the provider's answer, relayed
+        c.chat.completions.retrieve(made.id)
+    assert upstream_paths(env) == [f"GET /v1/chat/completions/{made.id}"]
 
 
 def test_a_streamed_completion_is_recorded_from_its_first_chunk(env: Env) -> None:
@@ -205,9 +211,102 @@ def test_an_id_quotagate_never_saw_is_404_without_asking_the_provider(env: Env) 
         "resp_never",
         "previous_response_not_found",
     )
-    # conversations are created by /v1/conversations, which quotagate does not serve: none is a team's
+    # a conversation is a team's only once created through quotagate's /v1/conversations
+    not_found(lambda: c.conversations.retrieve("conv_1"), "conv_1")
     not_found(lambda: c.responses.create(model="gpt-4o-mini", input="x", conversation="conv_1"), "conv_1")
     not_found(lambda: c.responses.create(model="gpt-4o-mini", input="x", conversation={"id": "conv_2"}), "conv_2")
+    assert upstream_paths(env) == []
+
+
+def test_the_list_limit_is_the_providers_to_validate(env: Env) -> None:
+    c = client(env)
+    stored_completion(env, test="limit")
+    for limit in (0, 101):  # quotagate's own page size stays sane; the client's value goes upstream as given
+        forget_upstream(env)
+        with pytest.raises(openai.BadRequestError) as caught:  # the mock, like OpenAI, takes 1..100
+            c.chat.completions.list(limit=limit, metadata={"test": "limit"})
+        assert caught.value.param == "limit"
+        assert [r["query"]["limit"] for r in mock_requests(env.mock)] == [str(limit)]
+    assert len(c.chat.completions.list(limit=1, metadata={"test": "limit"}).data) == 1
+
+
+# ---- conversations --------------------------------------------------------------------------------------
+def test_the_owner_creates_reads_updates_fills_continues_and_deletes_a_conversation(env: Env) -> None:
+    c = client(env)
+    conv = c.conversations.create(items=[{"role": "user", "content": "Hello."}], metadata={"topic": "demo"})
+    assert c.conversations.retrieve(conv.id).metadata == {"topic": "demo"}
+    assert c.conversations.update(conv.id, metadata={"topic": "other"}).metadata == {"topic": "other"}
+    added = c.conversations.items.create(conv.id, items=[{"role": "user", "content": "More."}])
+    item_id = added.data[0].id
+    assert c.conversations.items.retrieve(item_id, conversation_id=conv.id).id == item_id
+    reply = c.responses.create(model="gpt-4o-mini", input="Go on.", conversation=conv.id)
+    assert reply.output_text
+    assert len(c.conversations.items.list(conv.id).data) == 4  # two added, the new input, the reply
+    c.conversations.items.delete(item_id, conversation_id=conv.id)
+    assert len(c.conversations.items.list(conv.id).data) == 3
+    c.conversations.delete(conv.id)
+    forget_upstream(env)
+    with pytest.raises(openai.NotFoundError, match=conv.id):  # still the team's; the provider says it is gone
+        c.conversations.retrieve(conv.id)
+    assert upstream_paths(env) == [f"GET /v1/conversations/{conv.id}"]
+
+
+def test_another_team_can_neither_see_nor_use_a_teams_conversation(env: Env) -> None:
+    c = client(env)
+    conv = c.conversations.create(items=[{"role": "user", "content": "Mine."}])
+    item_id = c.conversations.items.list(conv.id).data[0].id
+    other = client(env, "sk-t2")
+    forget_upstream(env)
+    not_found(lambda: other.conversations.retrieve(conv.id), conv.id)
+    not_found(lambda: other.conversations.update(conv.id, metadata={"k": "v"}), conv.id)
+    not_found(lambda: other.conversations.delete(conv.id), conv.id)
+    not_found(lambda: other.conversations.items.list(conv.id), conv.id)
+    not_found(lambda: other.conversations.items.create(conv.id, items=[{"role": "user", "content": "x"}]), conv.id)
+    not_found(lambda: other.conversations.items.retrieve(item_id, conversation_id=conv.id), conv.id)
+    not_found(lambda: other.conversations.items.delete(item_id, conversation_id=conv.id), conv.id)
+    for conversation in (conv.id, {"id": conv.id}):  # continuing it is refused before anything is reserved
+        with pytest.raises(openai.NotFoundError) as caught:
+            other.responses.create(model="gpt-4o-mini", input="Go on.", conversation=conversation)  # type: ignore[arg-type]
+        assert caught.value.param == "conversation" and f"'{conv.id}'" in caught.value.message  # type: ignore[attr-defined]
+    not_found(lambda: other.responses.input_tokens.count(model="gpt-4o-mini", conversation=conv.id), conv.id)
+    assert upstream_paths(env) == []
+    assert [i.id for i in c.conversations.items.list(conv.id).data] == [item_id]  # untouched
+
+
+# ---- compaction: governed, and continues only the team's own response ------------------------------------
+def test_compact_is_charged_and_continues_only_the_teams_response(env: Env) -> None:
+    c = client(env)
+    first = response(env)
+    raw = c.responses.with_raw_response.compact(model="gpt-4o-mini", input="Summarise this, please.")
+    compacted = raw.parse()
+    assert compacted.object == "response.compaction" and compacted.output[-1].type == "compaction"
+    assert c.responses.compact(model="gpt-4o-mini", previous_response_id=first.id).usage.output_tokens > 0
+    rows = ledger_rows(env, {raw.headers["x-quotagate-request-id"]})
+    assert [(r[1], r[2], r[4], r[5], r[7]) for r in rows] == [("responses.compact", "t1", 200, "ok", 1)]
+    assert rows[0][6] > 0 and rows[0][8] == compacted.usage.input_tokens  # priced from the provider's usage
+    forget_upstream(env)
+    not_found(
+        lambda: client(env, "sk-t2").responses.compact(model="gpt-4o-mini", previous_response_id=first.id),
+        first.id,
+        "previous_response_not_found",
+    )
+    no_model = httpx.post(
+        env.gw.url + "/v1/responses/compact", json={"input": "x"}, headers={"Authorization": "Bearer sk-t1"}
+    )
+    assert no_model.status_code == 400 and no_model.json()["error"]["param"] == "model"
+    assert upstream_paths(env) == []
+
+
+# ---- models ---------------------------------------------------------------------------------------------
+def test_a_model_is_deleted_upstream_only_for_a_team_that_may_use_it(env: Env) -> None:
+    forget_upstream(env)
+    assert client(env).models.delete("gpt-4o").deleted is True
+    assert upstream_paths(env) == ["DELETE /v1/models/gpt-4o"]
+    forget_upstream(env)
+    for model in ("gpt-4o", "no-such-model"):  # t2 may use only gpt-4o-mini
+        with pytest.raises(openai.NotFoundError) as caught:
+            client(env, "sk-t2").models.delete(model)
+        assert caught.value.code == "model_not_found"
     assert upstream_paths(env) == []
 
 
