@@ -1,30 +1,33 @@
 """One error tree for everything quotagate answers itself.
 
-Each class fixes the HTTP status and OpenAI's ``type``/``code`` (conventions.md section 1); ``render``
-is the only place that turns an error into bytes::
+Each class fixes the HTTP status, OpenAI's ``type``/``code`` (conventions.md section 1) and the request's
+outcome (proxy/outcomes.py); ``render`` is the only place that turns an error into bytes (a protocol with
+another error shape brings its own renderer, proxy/protocols/)::
 
-    ProxyError
-    ├── AuthenticationError        401  invalid_api_key | null
-    ├── PermissionDenied           403
-    ├── NotFound                   404
-    │   └── ModelNotFound          404  model_not_found
-    ├── InvalidRequest             400  (code varies)
-    │   ├── InvalidJSON            400  invalid_json
-    │   └── ContextLengthExceeded  400  context_length_exceeded, param=messages | prompt | input
-    ├── BodyTooLarge               413  request_too_large
-    ├── BudgetExceeded             429  insufficient_quota   + x-should-retry: false
-    ├── RateLimited                429  rate_limit_exceeded  + retry-after, x-ratelimit-*
-    ├── StoreUnavailable           503  store_unavailable
-    ├── UpstreamError              (upstream status, normalised body)
-    ├── UpstreamUnreachable        502
-    └── UpstreamTimeout            504
+    ProxyError                                                                   outcome
+    ├── AuthenticationError        401  invalid_api_key | null                   unauthorized
+    ├── PermissionDenied           403                                           invalid_request
+    ├── NotFound                   404                                           invalid_request
+    │   └── ModelNotFound          404  model_not_found                          invalid_request
+    ├── InvalidRequest             400  (code varies)                            invalid_request
+    │   ├── InvalidJSON            400  invalid_json                             invalid_request
+    │   └── ContextLengthExceeded  400  context_length_exceeded, param=...       context_rejected
+    ├── BodyTooLarge               413  request_too_large                        invalid_request
+    ├── BudgetExceeded             429  insufficient_quota   + x-should-retry    budget_exceeded
+    ├── RateLimited                429  rate_limit_exceeded  + retry-after, ... rate_limited
+    ├── StoreUnavailable           503  store_unavailable                        store_unavailable
+    ├── UpstreamError              (upstream status, normalised body)            upstream_error
+    ├── UpstreamUnreachable        502                                           upstream_error
+    └── UpstreamTimeout            504                                           upstream_error
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
+
+from .outcomes import Outcome
 
 
 class ProxyError(Exception):
@@ -33,6 +36,7 @@ class ProxyError(Exception):
     code: str | None = None
     param: str | None = None
     limit: str | None = None  # a refusal's limit in a few words, for the log line (never sent to the client)
+    outcome: ClassVar[Outcome] = "invalid_request"
 
     def __init__(
         self,
@@ -50,6 +54,11 @@ class ProxyError(Exception):
             self.param = param
         self.headers: dict[str, str] = headers or {}
 
+    @property
+    def error_type(self) -> str:
+        """What the metrics and the request log call the error: its code, else its type."""
+        return self.code or self.type
+
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
@@ -57,6 +66,7 @@ class ProxyError(Exception):
 class AuthenticationError(ProxyError):
     status = 401
     type = "invalid_request_error"
+    outcome = "unauthorized"
 
 
 class PermissionDenied(ProxyError):
@@ -90,6 +100,7 @@ class InvalidJSON(InvalidRequest):
 class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
     param = "messages"
+    outcome = "context_rejected"
 
 
 class BodyTooLarge(ProxyError):
@@ -102,6 +113,7 @@ class BudgetExceeded(ProxyError):
     status = 429
     type = "insufficient_quota"
     code = "insufficient_quota"
+    outcome = "budget_exceeded"
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None, downgrade_to: str | None = None) -> None:
         super().__init__(message, headers={**(headers or {}), "x-should-retry": "false"})
@@ -112,6 +124,7 @@ class RateLimited(ProxyError):
     status = 429
     type = "requests"
     code = "rate_limit_exceeded"
+    outcome = "rate_limited"
 
     def __init__(self, message: str, *, kind: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message, headers=headers)
@@ -122,22 +135,27 @@ class StoreUnavailable(ProxyError):
     status = 503
     type = "server_error"
     code = "store_unavailable"
+    outcome = "store_unavailable"
 
 
 class UpstreamUnreachable(ProxyError):
     status = 502
     type = "server_error"
     code = "upstream_unreachable"
+    outcome = "upstream_error"
 
 
 class UpstreamTimeout(ProxyError):
     status = 504
     type = "server_error"
     code = "upstream_timeout"
+    outcome = "upstream_error"
 
 
 class UpstreamError(ProxyError):
     """An error answered by the provider: its status is kept, its body normalised to OpenAI's shape."""
+
+    outcome = "upstream_error"
 
     def __init__(self, status: int, error: dict[str, Any]) -> None:
         super().__init__(str(error.get("message") or f"Upstream error {status}"))
@@ -147,6 +165,11 @@ class UpstreamError(ProxyError):
         self.code = None if code is None else str(code)
         param = error.get("param")
         self.param = None if param is None else str(param)
+
+    @property
+    def error_type(self) -> str:
+        """By status: the "Errors by type" panel tells a 429 storm from a 500 one."""
+        return f"upstream_{self.status}"
 
 
 def normalise_upstream_error(status: int, raw: bytes) -> UpstreamError:

@@ -23,28 +23,13 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from .outcomes import Outcome, verdict
 from .settings import ProviderSettings
 from .units import rfc3339, usd
 
 LogFormat = Literal["text", "json"]
 REQUEST_LOGGER = "quotagate.request"
 request_log = logging.getLogger(REQUEST_LOGGER)
-
-# outcome -> what on-call calls it; anything else is judged by its status
-_REFUSED = frozenset({"unauthorized", "budget_exceeded", "rate_limited", "context_rejected", "invalid_request"})
-_FAILED = frozenset({"upstream_error", "store_unavailable", "lease_expired"})
-_OK = frozenset({"ok", "client_cancelled"})
-
-
-def verdict(outcome: str, status: int) -> Literal["ok", "refused", "failed"]:
-    """ok / refused / failed, as ``quotagate usage`` and the request log group outcomes."""
-    if outcome in _OK:
-        return "ok"
-    if outcome in _REFUSED:
-        return "refused"
-    if outcome in _FAILED or status >= 500 or status == 0:
-        return "failed"
-    return "refused"
 
 
 class _Usage(Protocol):
@@ -71,7 +56,7 @@ class FinishedRequest(Protocol):
     provider: str
     stream: bool
     status: int
-    outcome: str
+    outcome: Outcome
     error: str | None
     error_type: str | None
     upstream_s: float
@@ -124,7 +109,7 @@ def request_finished(t: FinishedRequest, providers: Mapping[str, ProviderSetting
 def _upstream_status(t: FinishedRequest) -> int | None:
     """The provider's HTTP status, when it answered (an upstream error keeps the provider's status)."""
     etype = t.error_type or ""
-    if t.outcome in _OK or (etype.startswith("upstream_") and etype[len("upstream_") :].isdigit()):
+    if verdict(t.outcome, t.status) == "ok" or (etype.startswith("upstream_") and etype[len("upstream_") :].isdigit()):
         return t.status or None
     return None
 

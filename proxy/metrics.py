@@ -44,21 +44,14 @@ from prometheus_client import multiprocess as _mp
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .outcomes import METRIC_OUTCOMES
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The classic text format every Prometheus 2.x/3.x scrapes; all our names are legacy-valid, so the body is
 # the same as for prometheus_client's newer "version=1.0.0" default.
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
-OUTCOMES = (
-    "ok",
-    "budget_exceeded",
-    "rate_limited",
-    "context_rejected",
-    "upstream_error",
-    "client_cancelled",
-    "invalid_request",
-    "unauthorized",
-)
+OUTCOMES = METRIC_OUTCOMES  # declared in proxy/outcomes.py
 # "stateful": reading, listing, cancelling or deleting stored responses and chat completions, counting
 # input tokens, reading one model (no tokens, no spend)
 OPERATIONS = ("chat", "text_completion", "embeddings", "responses", "stateful")
@@ -90,7 +83,7 @@ class RequestOutcome:
     model: str  # client-facing model name as requested; unknown -> "other"
     provider: str  # configured provider name ("" if unknown)
     operation: str  # one of OPERATIONS
-    outcome: str  # one of OUTCOMES
+    outcome: str  # one of OUTCOMES (proxy.outcomes.metric_outcome of the request's outcome)
     status: int
     error_type: str | None  # e.g. "rate_limit_exceeded", "upstream_502", "timeout"; None on success
     stream: bool

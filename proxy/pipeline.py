@@ -21,16 +21,11 @@ from . import policy
 from .auth import KeyRing, Principal, key_from_headers
 from .count import Counter, Estimate
 from .errors import (
-    AuthenticationError,
     BodyTooLarge,
     BudgetExceeded,
-    ContextLengthExceeded,
     InvalidRequest,
     ModelNotFound,
     ProxyError,
-    RateLimited,
-    StoreUnavailable,
-    UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
     normalise_upstream_error,
@@ -40,6 +35,7 @@ from .errors import (
 from .ledger import Ledger
 from .logs import request_finished
 from .metrics import Metrics, RequestOutcome
+from .outcomes import Outcome, metric_outcome
 from .parse import CHAT, COMPACT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, ParsedRequest, parse
 from .pricing import Price, price_of
 from .settings import ModelSettings, Settings, TeamSettings
@@ -57,23 +53,9 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_OUTCOMES: tuple[tuple[type[ProxyError], str], ...] = (
-    (AuthenticationError, "unauthorized"),
-    (BudgetExceeded, "budget_exceeded"),
-    (RateLimited, "rate_limited"),
-    (ContextLengthExceeded, "context_rejected"),
-    (StoreUnavailable, "store_unavailable"),
-    (UpstreamError, "upstream_error"),
-    (UpstreamUnreachable, "upstream_error"),
-    (UpstreamTimeout, "upstream_error"),
-)
 
-
-def outcome_of(err: ProxyError) -> str:
-    for cls, name in _OUTCOMES:
-        if isinstance(err, cls):
-            return name
-    return "invalid_request"
+def outcome_of(err: ProxyError) -> Outcome:
+    return err.outcome
 
 
 @dataclass(slots=True)
@@ -92,7 +74,7 @@ class Trace:
     upstream_model: str | None = None
     stream: bool = False
     status: int = 0
-    outcome: str = "ok"
+    outcome: Outcome = "ok"
     error: str | None = None
     error_type: str | None = None
     limit: str | None = None  # the limit that refused it, in a few words (for the log line)
@@ -408,9 +390,9 @@ class Pipeline:
             trace,
             request_id=f"{trace.request_id}.{attempt}",
             status=err.status,
-            outcome=outcome_of(err),
+            outcome=err.outcome,
             error=err.message,
-            error_type=f"upstream_{err.status}" if isinstance(err, UpstreamError) else (err.code or err.type),
+            error_type=err.error_type,
             t_end=time.perf_counter(),
             charged=False,
             cost=0,
@@ -485,7 +467,7 @@ class Pipeline:
                 if timeout
                 else UpstreamUnreachable(f"The upstream stream broke: {e.__class__.__name__}.")
             )
-            trace.outcome, trace.error, trace.error_type = "upstream_error", err.message, err.code
+            trace.outcome, trace.error, trace.error_type = err.outcome, err.message, err.error_type
             payload = sse_error(err)
             if req.endpoint is RESPONSES:
                 payload = b"event: error\n" + payload
@@ -503,9 +485,8 @@ class Pipeline:
 
     # ---- errors, settlement, records ----------------------------------------------------------------------
     async def _send_error(self, send: Send, err: ProxyError, trace: Trace, extra: dict[str, str] | None = None) -> None:
-        trace.status, trace.outcome, trace.error, trace.limit = err.status, outcome_of(err), err.message, err.limit
-        # provider errors by status (the "Errors by type" panel tells a 429 storm from a 500 one)
-        trace.error_type = f"upstream_{err.status}" if isinstance(err, UpstreamError) else (err.code or err.type)
+        trace.status, trace.outcome, trace.error, trace.limit = err.status, err.outcome, err.message, err.limit
+        trace.error_type = err.error_type
         status, headers, body = render(err)
         if extra:
             headers = {**extra, **headers}
@@ -539,13 +520,15 @@ class Pipeline:
         elapsed = (trace.t_end or time.perf_counter()) - trace.t0
         est = trace.estimate
         parts = est.parts if est is not None else None
+        outcome = metric_outcome(trace.outcome)
+        assert outcome is not None
         self.metrics.record(
             RequestOutcome(
                 team=trace.team,
                 model=trace.model if trace.configured else (trace.model or "other"),
                 provider=trace.provider,
                 operation=trace.endpoint.operation,
-                outcome=trace.outcome if trace.outcome != "store_unavailable" else "upstream_error",
+                outcome=outcome,
                 status=trace.status,
                 error_type=trace.error_type if trace.outcome != "ok" else None,
                 stream=trace.stream,

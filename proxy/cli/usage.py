@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..logs import verdict
+from ..outcomes import verdict
 from ..store.base import LedgerRecord, Store
 from ..units import rfc3339, usd
 from .common import add_config_option, add_format_option, emit, known_team, load_or_exit, parse_since, with_store

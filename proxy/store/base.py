@@ -104,8 +104,7 @@ class LedgerRecord:
     endpoint: str  # chat | completions | embeddings | responses
     stream: bool
     status: int  # HTTP status returned to the client (0 = client gone before any status)
-    outcome: str  # ok | budget_exceeded | rate_limited | context_rejected | upstream_error | client_cancelled |
-    #               invalid_request | unauthorized | lease_expired | store_unavailable
+    outcome: str  # a proxy.outcomes.Outcome (a str here: rows written by other versions read back as they are)
     counted_input: int | None  # quotagate's own pre-count
     counted_output: int | None  # quotagate's count of the streamed/returned output
     input_tokens: int | None  # provider-reported (None = not reported)
