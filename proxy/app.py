@@ -1,170 +1,22 @@
-"""create_app(settings): wires one gateway; the lifespan owns the HTTP pool, the store, the metrics
-registry and the set of in-flight settlement tasks. Nothing global.
+"""create_app(settings): the ASGI app of one gateway. ``proxy.gateway`` builds what the gateway owns (its
+lifespan, run by the router, starts and stops it); ``proxy.routes`` serves it. Nothing global.
 
-Shutdown order (SIGTERM): uvicorn stops accepting and lets in-flight requests (streams included) finish
-within its graceful timeout; then the lifespan drains settlement tasks, flushes the ledger, and closes
-the store and the upstream pool.
+Imports point one way: app -> routes -> (gateway, admin) and app -> gateway -> (pipeline, admin services).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import gc
-import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from .auth import KeyRing
-from .count import Counter
-from .errors import StoreUnavailable
-from .ledger import Ledger, spill_dir
-from .metrics import Metrics
-from .pipeline import Pipeline
+from .gateway import Gateway, build_gateway
+from .routes import Router
 from .settings import Settings
-from .settle import Accountant
-from .store import open_store
 from .store.base import Store
-from .upstream import Upstream
 
-log = logging.getLogger("quotagate")
-
-
-@dataclass
-class Gateway:
-    """Everything one running gateway owns."""
-
-    settings: Settings
-    store: Store
-    local: Store
-    keyring: KeyRing
-    counter: Counter
-    accountant: Accountant
-    upstream: Upstream
-    ledger: Ledger
-    metrics: Metrics
-    pipeline: Pipeline
-    clock: Callable[[], float]
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    background: list[asyncio.Task[None]] = field(default_factory=list)
-
-    def spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("settlement task failed", exc_info=task.exception())
-
-    async def start(self) -> None:
-        await self.store.open()
-        await self.local.open()
-        await self.upstream.start()
-        with contextlib.suppress(Exception):
-            await self.accountant.load_overrides()
-        for key in await _safe_list_keys(self.store):
-            self.accountant.tags.add("{" + key.team + "}")
-        self.ledger.start()
-        # Everything built at boot (config, encodings, the count cache's tables) is permanent: keep it out of
-        # the collector's way, and collect the young generation less often (a request allocates a few
-        # hundred objects, nearly all short-lived).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(20_000, 20, 20)
-        self.background.append(asyncio.create_task(self.accountant.run(), name="quotagate-accounting"))
-
-    async def stop(self) -> None:
-        if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=self.settings.shutdown_grace_seconds)
-        for t in self.background:
-            t.cancel()
-        for t in self.background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        with contextlib.suppress(Exception):
-            await self.accountant.reconcile()
-        await self.ledger.close()
-        await self.upstream.close()
-        await self.local.close()
-        await self.store.close()
-
-    async def scrape(self) -> tuple[bytes, str]:
-        """The /metrics body: budget gauges read from the store now (one round trip), then every metric."""
-        try:
-            samples = await self.accountant.budget_samples()
-        except StoreUnavailable as e:
-            log.warning("budget gauges left out of this scrape: %s", e)
-            self.metrics.set_budgets(())
-        else:
-            self.metrics.set_budgets(
-                (b.team, b.window, b.unit, b.limit / d, b.used / d, b.reserved / d)
-                for b in samples
-                for d in (1e6 if b.unit == "usd" else 1.0,)  # gauges in dollars, as the dashboards read them
-            )
-        return self.metrics.render()
-
-
-async def _safe_list_keys(store: Store) -> list[Any]:
-    try:
-        return await store.list_keys()
-    except Exception:
-        return []
-
-
-def build_gateway(
-    settings: Settings,
-    *,
-    store: Store | None = None,
-    clock: Callable[[], float] = time.time,
-    registry: CollectorRegistry | None = None,
-) -> Gateway:
-    store = store if store is not None else open_store(settings.store, clock=clock)
-    local = open_store("memory://", clock=clock)
-    metrics = Metrics(
-        teams=list(settings.teams),
-        models={name: m.provider for name, m in settings.models.items()},
-        registry=registry,
-    )
-    ledger = Ledger(
-        store,
-        flush_seconds=settings.ledger_flush_seconds,
-        queue_max=settings.ledger_queue_max,
-        spill_dir=spill_dir(settings.store, settings.ledger_spill_dir),
-        metrics=metrics,
-    )
-    keyring = KeyRing(settings, store)
-    counter = Counter()
-    accountant = Accountant(settings, store, local, clock=clock, on_reaped=ledger.append)
-    upstream = Upstream(settings)
-    gw_tasks: set[asyncio.Task[None]] = set()
-    holder: dict[str, Gateway] = {}
-
-    def spawn(coro: Awaitable[None]) -> None:
-        holder["gw"].spawn(coro)
-
-    pipeline = Pipeline(settings, keyring, counter, accountant, upstream, ledger, metrics, spawn)
-    gw = Gateway(
-        settings,
-        store,
-        local,
-        keyring,
-        counter,
-        accountant,
-        upstream,
-        ledger,
-        metrics,
-        pipeline,
-        clock,
-        gw_tasks,
-    )
-    holder["gw"] = gw
-    return gw
+__all__ = ["Gateway", "Router", "build_gateway", "create_app"]
 
 
 def create_app(
@@ -173,7 +25,5 @@ def create_app(
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
     registry: CollectorRegistry | None = None,
-) -> Any:
-    from .routes import Router  # routes import the app's Gateway type; wiring happens here
-
+) -> Router:
     return Router(build_gateway(settings, store=store, clock=clock, registry=registry))

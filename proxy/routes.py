@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 
 from .admin import admin_app, usage_payload
-from .app import Gateway
 from .auth import key_from_headers
 from .errors import NotFound, ProxyError, StoreUnavailable, render
+from .gateway import Gateway
 from .objects import Ownership, StatefulRoutes, match, model_entry
 from .parse import ENDPOINTS
 from .pipeline import Receive, Scope, Send, _respond
@@ -20,7 +20,7 @@ from .pipeline import Receive, Scope, Send, _respond
 class Router:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.admin = admin_app(gw)
+        self.admin = admin_app(gw.admin)
         ownership = Ownership(gw.store, gw.clock)
         gw.pipeline.objects = ownership  # records the ids it creates, checks the ids it is given
         self.stateful = StatefulRoutes(gw.settings, gw.keyring, ownership, gw.ledger, gw.metrics, gw.clock)
@@ -95,7 +95,7 @@ class Router:
     async def _usage(self, scope: Scope) -> dict[str, Any]:
         team = await self._principal_team(scope)
         try:
-            return await usage_payload(self.gw, team, since=time.time() - 30 * 86400)
+            return await usage_payload(self.gw.admin, team, since=time.time() - 30 * 86400)
         except StoreUnavailable:
             raise
 

@@ -1,7 +1,9 @@
-"""The Accountant against real stores (memory, SQLite file, Redis server) with an injected clock.
+"""Budgets in force, reservations and the reaper against real stores (memory, SQLite file, Redis server)
+with an injected clock, through the pipeline's ``Accountant`` handle.
 
 Reserve the worst case, settle the actual; released budget admits more; expired leases are reaped in full
-and recorded; calendar windows roll over at UTC midnight; ``on_store_error`` open and closed.
+and recorded from their ``LeaseMeta``; calendar windows roll over at UTC midnight; ``on_store_error`` open
+and closed; ``BudgetStatus`` renders the JSON the API returns.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from proxy.budgets import BudgetStatus
 from proxy.errors import BudgetExceeded, RateLimited, StoreUnavailable
+from proxy.reservations import LeaseMeta
 from proxy.settings import BudgetSettings, Settings, hash_key, parse
 from proxy.settle import Accountant, Reservation
 from proxy.store import MemoryStore, RedisStore, SqliteStore
@@ -25,6 +29,7 @@ from tests.redis_server import start_redis
 
 T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC).timestamp()
 MIDNIGHT = datetime(2026, 11, 25, tzinfo=UTC).timestamp()
+MONTH_END = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
 KEY = "sk-acct-test"
 DIGEST = hash_key(KEY)
 
@@ -115,9 +120,13 @@ async def reserve(acct: Accountant, worst: int, team: str = "t", usd: int = 0, *
     return res
 
 
+async def status(acct: Accountant, team: str, key_digest: str = "") -> list[dict[str, Any]]:
+    return [b.to_json() for b in await acct.budgets.budget_status(team, key_digest)]
+
+
 async def day_status(acct: Accountant, team: str = "t") -> tuple[int, int]:
-    (row,) = [b for b in await acct.budget_status(team) if b["window"] == "day"]
-    return row["used"], row["reserved"]
+    (row,) = [b for b in await acct.budgets.budget_status(team) if b.window == "day"]
+    return row.used, row.reserved
 
 
 # ---- reserve and settle ----------------------------------------------------------------------------------
@@ -148,8 +157,7 @@ async def test_reserve_holds_the_worst_case_and_settle_commits_the_actual(store:
         await reserve(acct, 101)  # 1001 > 1000
     await reserve(acct, 100)  # exactly the limit
     assert await day_status(acct) == (100, 900)
-    status = await acct.budget_status("t")
-    assert status == [
+    assert await status(acct, "t") == [
         {
             "scope": "team",
             "window": "day",
@@ -193,7 +201,7 @@ async def test_usd_budget_in_micro_usd(store: Store, clock: Clock) -> None:
     assert "(0.01 USD)" in e.value.message
     assert "held by requests in flight 0.006000 USD, this request needs up to 0.004001 USD" in e.value.message
     await acct.settle(res, 10, 1_234)
-    (row,) = await acct.budget_status("usd")
+    (row,) = await status(acct, "usd")
     assert (row["unit"], row["limit"], row["used"], row["reserved"], row["remaining"]) == (
         "usd",
         10_000,
@@ -213,10 +221,10 @@ async def test_key_budget_is_enforced_and_reported_separately(store: Store, cloc
     # another key of the same team has no key budget and the team none: nothing to hold
     assert await acct.reserve("k", DIGEST, "gpt-4o-mini", 10**6, 0, meta(team="k")) is None
     await acct.settle(res, 30, 0)
-    assert [(b["scope"], b["window"], b["used"], b["reserved"]) for b in await acct.budget_status("k", other)] == [
+    assert [(b["scope"], b["window"], b["used"], b["reserved"]) for b in await status(acct, "k", other)] == [
         ("key", "hour", 30, 0)
     ]
-    assert await acct.budget_status("k") == []
+    assert await acct.budgets.budget_status("k") == []
 
 
 # ---- leases: reap ----------------------------------------------------------------------------------------
@@ -237,11 +245,11 @@ async def test_expired_lease_is_charged_in_full_and_recorded(store: Store, clock
         stream=True,
     )
     clock.t = T0 + 9.999
-    assert await acct.reap() == 0
+    assert await acct.reaper.reap() == 0
     assert await day_status(acct) == (0, 700)
     clock.t = T0 + 10  # lease_seconds
-    assert await acct.reap() == 1
-    assert await acct.reap() == 0  # reaped once
+    assert await acct.reaper.reap() == 1
+    assert await acct.reaper.reap() == 0  # reaped once
     assert await day_status(acct) == (700, 0)
     (rec,) = reaped
     assert rec.outcome == "lease_expired"
@@ -268,7 +276,7 @@ async def test_reap_releases_concurrency_slots_without_committing_them(store: St
     with pytest.raises(RateLimited, match="Too many concurrent requests"):
         await reserve(acct, 100, team="c")
     clock.t = T0 + 11
-    assert await acct.reap() == 1
+    assert await acct.reaper.reap() == 1
     assert (await store.counters(["{c}:t:conc"]))["{c}:t:conc"] == CounterValue(0, 0)
     res = await reserve(acct, 100, team="c")  # the slot is free again
     await acct.settle(res, 40, 0)
@@ -291,7 +299,7 @@ async def test_day_budget_rolls_over_at_utc_midnight(store: Store, clock: Clock)
     late = await reserve(acct, 0)  # at the limit a zero-sized hold still fits; it settles after midnight
 
     clock.t = MIDNIGHT + 0.001
-    (row,) = await acct.budget_status("t")
+    (row,) = await status(acct, "t")
     assert (row["used"], row["reserved"], row["resets_at"]) == (0, 0, "2026-11-26T00:00:00.000Z")
     res = await reserve(acct, 1000)  # the whole new day is available
     await acct.settle(res, 250, 0)
@@ -347,15 +355,15 @@ async def test_minute_rate_limit_rolls_over_and_reports_headers(store: Store, cl
 async def test_overrides_persist_in_the_store(store: Store, clock: Clock) -> None:
     acct = accountant(store, clock)
     new = [BudgetSettings(window="day", tokens=50), BudgetSettings(window="week", usd=Decimal("2.5"), warn_at=0.8)]
-    await acct.set_override("t", new)
-    assert acct.team_budgets("t") == tuple(new)
+    await acct.budgets.set_override("t", new)
+    assert acct.budgets.team_budgets("t") == tuple(new)
     with pytest.raises(BudgetExceeded):
         await reserve(acct, 51)
     again = accountant(store, clock)
-    assert again.team_budgets("t") == settings().teams["t"].budgets  # not loaded yet
-    await again.load_overrides()
-    assert again.team_budgets("t") == tuple(new)
-    assert again.team_budgets("r") == ()
+    assert again.budgets.team_budgets("t") == settings().teams["t"].budgets  # not loaded yet
+    await again.budgets.load_overrides()
+    assert again.budgets.team_budgets("t") == tuple(new)
+    assert again.budgets.team_budgets("r") == ()
 
 
 # ---- store errors: closed and open -----------------------------------------------------------------------
@@ -385,13 +393,13 @@ async def test_open_mode_admits_locally_and_reconcile_adds_the_usage(store: Stor
     for r in outage:
         await acct.settle(r, 150, 0)
     await acct.settle(before, 40, 0)  # cannot reach the store: queued
-    assert acct.pending == 4
+    assert acct.reservations.pending == 4
     with pytest.raises(StoreUnavailable):
-        await acct.reconcile()
-    assert acct.pending == 4  # nothing dropped
+        await acct.reservations.reconcile()
+    assert acct.reservations.pending == 4  # nothing dropped
     flaky.down = False
-    await acct.reconcile()
-    assert acct.pending == 0
+    await acct.reservations.reconcile()
+    assert acct.reservations.pending == 0
     assert await day_status(acct) == (100 + 40 + 3 * 150, 0)
 
 
@@ -426,11 +434,11 @@ async def test_real_redis_outage(private_redis: Any, clock: Clock) -> None:
         assert all(r.local for r in served)
         for r in served:
             await opened.settle(r, 25, 0)
-        assert opened.pending == 4
+        assert opened.reservations.pending == 4
 
         private_redis.start()  # comes back empty: nothing was persisted
-        await opened.reconcile()
-        assert opened.pending == 0
+        await opened.reservations.reconcile()
+        assert opened.reservations.pending == 0
         assert await day_status(opened) == (4 * 25, 0)  # every request served meanwhile is counted
         await closed.settle(await reserve(closed, 10), 10, 0)
         assert await day_status(closed) == (4 * 25 + 10, 0)
@@ -450,3 +458,68 @@ async def test_store_reserve_answers(store: Store, clock: Clock) -> None:
     assert await store.counters(["{x}:a"]) == {"{x}:a": CounterValue(0, 4)}
     denied = await store.reserve(Lease("L2", "{x}", (Hold("{x}:a", 10, 7, T0 + 100),), T0 + 5))
     assert denied == Denied(Hold("{x}:a", 10, 7, T0 + 100), 0, 4)
+
+
+# ---- typed values: LeaseMeta, BudgetStatus ---------------------------------------------------------------
+
+
+def lease_meta(**over: Any) -> LeaseMeta:
+    fields: dict[str, Any] = {
+        "request_id": "req-typed",
+        "ts": T0,
+        "team": "t",
+        "key_name": "k1",
+        "model": "gpt-4o-mini",
+        "provider": "p",
+        "endpoint": "responses",
+        "stream": False,
+        "counted_input": 30,
+        "worst_tokens": 500,
+        "worst_micro_usd": 77,
+        **over,
+    }
+    return LeaseMeta(**fields)
+
+
+def test_lease_meta_round_trips_through_json() -> None:
+    m = lease_meta(counted_input=None)
+    assert LeaseMeta.from_json(m.to_json()) == m
+    assert set(m.to_json()) == set(LeaseMeta.__dataclass_fields__)
+    old = LeaseMeta.from_json({})  # a lease written without meta still reads
+    assert (old.request_id, old.counted_input, old.worst_tokens, old.stream) == ("", None, 0, False)
+
+
+async def test_a_lease_meta_is_stored_as_json_and_read_back_by_the_reaper(store: Store, clock: Clock) -> None:
+    reaped: list[LedgerRecord] = []
+    acct = accountant(store, clock, reaped)
+    assert await acct.reserve("t", DIGEST, "gpt-4o-mini", 500, 77, lease_meta()) is not None
+    assert await acct.reserve("t", DIGEST, "gpt-4o-mini", 100, 0, {}) is not None  # a bare mapping, as before
+    clock.t = T0 + 10
+    assert await acct.reaper.reap() == 2
+    typed, bare = sorted(reaped, key=lambda r: r.request_id != "req-typed")
+    assert (typed.request_id, typed.endpoint, typed.key_name, typed.stream) == ("req-typed", "responses", "k1", False)
+    assert (typed.counted_input, typed.counted_output, typed.cost_micro_usd) == (30, 470, 77)
+    assert bare.request_id.startswith("l-") and (bare.counted_input, bare.cost_micro_usd) == (None, 0)  # the lease id
+
+
+async def test_budget_status_of_a_usd_budget_renders_dollars(store: Store, clock: Clock) -> None:
+    acct = accountant(store, clock)
+    await acct.settle(await reserve(acct, 10, team="usd", usd=3_000), 10, 1_234)
+    (row,) = await acct.budgets.budget_status("usd")
+    assert row == BudgetStatus("team", "month", "usd", 10_000, 1_234, 0, 8_766, MONTH_END, None, None)
+    assert row.to_json() == {
+        "scope": "team",
+        "window": "month",
+        "unit": "usd",
+        "limit": 10_000,
+        "used": 1_234,
+        "reserved": 0,
+        "remaining": 8_766,
+        "limit_usd": 0.01,
+        "used_usd": 0.001234,
+        "reserved_usd": 0.0,
+        "remaining_usd": 0.008766,
+        "resets_at": "2026-12-01T00:00:00.000Z",
+        "warn_at": None,
+        "downgrade_to": None,
+    }

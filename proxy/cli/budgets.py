@@ -10,18 +10,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..budgets import BudgetsInForce
 from ..settings import BudgetSettings, Settings
-from ..settle import Accountant
-from ..store import open_store
 from ..store.base import Store
 from ..units import human_amount
 from .common import add_config_option, add_format_option, emit, fail, known_team, load_or_exit, with_store
 
 
-async def _accountant(settings: Settings, store: Store) -> Accountant:
-    acc = Accountant(settings, store, open_store("memory://"))
-    await acc.load_overrides()
-    return acc
+async def _budgets(settings: Settings, store: Store) -> BudgetsInForce:
+    budgets = BudgetsInForce(settings, store)
+    await budgets.load_overrides()
+    return budgets
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -29,19 +28,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     teams = [known_team(settings, args.team)] if args.team else list(settings.teams)
 
     async def read(store: Store) -> list[dict[str, Any]]:
-        acc = await _accountant(settings, store)
+        in_force = await _budgets(settings, store)
         out: list[dict[str, Any]] = []
         for team in teams:
             assert team is not None
             source = "override" if team in (await store.get_overrides()) else "config"
-            out += [{"team": team, "key": None, "source": source, **b} for b in await acc.budget_status(team)]
+            rows = await in_force.budget_status(team)
+            out += [{"team": team, "key": None, "source": source, **b.to_json()} for b in rows]
             for k in settings.keys:
                 if k.team == team and k.budgets:
-                    rows = await acc.budget_status(team, k.digest)
+                    rows = await in_force.budget_status(team, k.digest)
                     out += [
-                        {"team": team, "key": k.display_name, "source": "config", **b}
+                        {"team": team, "key": k.display_name, "source": "config", **b.to_json()}
                         for b in rows
-                        if b["scope"] == "key"
+                        if b.scope == "key"
                     ]
         return out
 
@@ -91,10 +91,10 @@ def cmd_set(args: argparse.Namespace) -> int:
         fail(f"unknown model {new.downgrade_to!r} in --downgrade-to")
 
     async def write(store: Store) -> tuple[BudgetSettings, ...]:
-        acc = await _accountant(settings, store)
-        kept = [b for b in acc.team_budgets(team) if (b.window, b.unit) != (new.window, new.unit)]
+        in_force = await _budgets(settings, store)
+        kept = [b for b in in_force.team_budgets(team) if (b.window, b.unit) != (new.window, new.unit)]
         budgets = (*kept, new)
-        await acc.set_override(team, budgets)
+        await in_force.set_override(team, budgets)
         return budgets
 
     budgets = with_store(settings, write)
