@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from proxy import count
 from proxy.count import Counter, Estimate, image_size, patch_image_tokens, tile_image_tokens
+from proxy.count import counter as counting
 from proxy.encodings import get_encoding
 
 # openai/openai-cookbook examples/How_to_count_tokens_with_tiktoken.ipynb, section 6 "example_messages"
@@ -470,8 +471,8 @@ def conversation(turns: int) -> list[dict[str, Any]]:
 
 def test_resent_conversation_encodes_only_the_new_message(monkeypatch: pytest.MonkeyPatch) -> None:
     log: list[str] = []
-    real = count.get_encoding
-    monkeypatch.setattr(count, "get_encoding", lambda name: SpyEncoding(real(name), log))
+    real = counting.get_encoding
+    monkeypatch.setattr(counting, "get_encoding", lambda name: SpyEncoding(real(name), log))
     counter = Counter()
     history = conversation(25)
     first = counter.chat(history, WEATHER_TOOLS, model="gpt-4o", encoding=None)
@@ -541,7 +542,7 @@ async def test_achat_matches_chat_and_uses_a_thread_only_for_large_uncached_text
         calls.append(fn)
         return await real_to_thread(fn, *args, **kwargs)
 
-    monkeypatch.setattr(count.asyncio, "to_thread", spy)
+    monkeypatch.setattr(counting.asyncio, "to_thread", spy)
     counter = Counter()
     small = await counter.achat(COOKBOOK_MESSAGES, None, model="gpt-4o", encoding=None)
     assert (small.tokens, calls) == (124, [])
