@@ -1,4 +1,5 @@
-"""The counter rule, written once: what reserve, settle, reap and add_usage do to each counter. No I/O.
+"""The store rules, written once: what reserve, settle, reap and add_usage do to each counter, the expiry
+rule, and how a lease is encoded. No I/O.
 
 The memory and SQLite stores apply these functions; the Redis store runs the same rule in Lua
 (``lua/lib_counters.lua``, prepended to its scripts), and ``tests/test_store_differential.py`` holds the
@@ -109,7 +110,9 @@ def _unexpired(deltas: dict[str, Delta], now: float) -> dict[str, Delta]:
     return deltas
 
 
-# Leases as JSON, the one layout the SQLite and Redis stores keep (and old leases still load)
+# Leases, encoded here for both stores that keep them. SQLite keeps the holds and the meta as two JSON
+# columns beside the tag, id and expiry; Redis one JSON document (id, tag, holds, meta) beside the expiry,
+# which changes on extend. Rows written before `commit` existed have 4 fields; they still load.
 
 
 def hold_rows(holds: Iterable[Hold]) -> list[list[Any]]:
@@ -117,11 +120,28 @@ def hold_rows(holds: Iterable[Hold]) -> list[list[Any]]:
 
 
 def holds_from_rows(rows: Iterable[Sequence[Any]]) -> tuple[Hold, ...]:
-    return tuple(Hold(*row) for row in rows)  # rows written before `commit` existed have 4 fields
+    return tuple(Hold(*row) for row in rows)
+
+
+def lease_row(lease: Lease) -> tuple[str, str, float, str, str]:
+    """The SQLite layout, in the table's column order: hash_tag, id, expires_at, holds and meta as JSON."""
+    holds, meta = orjson.dumps(hold_rows(lease.holds)).decode(), orjson.dumps(dict(lease.meta)).decode()
+    return lease.hash_tag, lease.id, lease.expires_at, holds, meta
+
+
+def lease_from_row(row: Sequence[Any]) -> Lease:
+    hash_tag, lease_id, expires_at, holds, meta = row
+    return Lease(
+        id=lease_id,
+        hash_tag=hash_tag,
+        holds=holds_from_rows(orjson.loads(holds)),
+        expires_at=expires_at,
+        meta=orjson.loads(meta),
+    )
 
 
 def lease_json(lease: Lease) -> bytes:
-    """The lease without its expiry (kept beside it, as it changes on extend)."""
+    """The Redis layout: the lease without its expiry, as one JSON document."""
     doc = {"id": lease.id, "hash_tag": lease.hash_tag, "holds": hold_rows(lease.holds), "meta": dict(lease.meta)}
     return orjson.dumps(doc)
 

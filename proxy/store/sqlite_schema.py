@@ -1,0 +1,47 @@
+"""The SQLite store's schema, versioned: created on open, refused when the file is newer than this code."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from proxy.store import sqlite_ledger
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY, used INTEGER NOT NULL, reserved INTEGER NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    hash_tag TEXT NOT NULL, id TEXT NOT NULL, expires_at REAL NOT NULL, holds TEXT NOT NULL,
+    meta TEXT NOT NULL, PRIMARY KEY (hash_tag, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS leases_expiry ON leases (hash_tag, expires_at);
+CREATE TABLE IF NOT EXISTS api_keys (
+    sha256 TEXT PRIMARY KEY, team TEXT NOT NULL, name TEXT NOT NULL, created_at REAL NOT NULL,
+    revoked INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS overrides (team TEXT PRIMARY KEY, budgets TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger ({", ".join(sqlite_ledger.COLUMNS)});
+CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
+CREATE INDEX IF NOT EXISTS ledger_team_ts ON ledger (team, ts);
+CREATE INDEX IF NOT EXISTS ledger_request_id ON ledger (request_id);
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL, object_id TEXT NOT NULL, team TEXT NOT NULL, provider TEXT NOT NULL,
+    created_at REAL NOT NULL, deleted INTEGER NOT NULL, PRIMARY KEY (kind, object_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_created ON objects (created_at);
+"""
+
+
+def create_schema(con: sqlite3.Connection) -> None:
+    """Inside the opening write transaction: every table and index, and the version row."""
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            con.execute(statement)
+    row = con.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    if row[0] is None:
+        con.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+    elif row[0] > SCHEMA_VERSION:
+        raise RuntimeError(f"SQLite store schema version {row[0]} is newer than this quotagate ({SCHEMA_VERSION})")
