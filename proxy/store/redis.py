@@ -20,18 +20,17 @@ fake or skewed clock must never make Redis delete a counter that is still live f
 Leases have no TTL: an unsettled lease is charged by reap(), never silently dropped.
 
 The counter rule (``proxy/store/rules.py``) is written once in Lua, ``lua/lib_counters.lua``, and
-prepended to every script's text at load.
+prepended to every script's text at load; ``redis_scripts`` loads and calls the scripts, pipelining the
+per-request ones.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any, cast
 
 import orjson
@@ -39,7 +38,6 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 
 from proxy.errors import StoreUnavailable
 from proxy.store import rules
@@ -55,6 +53,7 @@ from proxy.store.base import (
     UsageRow,
 )
 from proxy.store.memory import usage_rows
+from proxy.store.redis_scripts import Args, Scripts, guard
 from proxy.store.rules import is_expired
 
 GRACE_MS = 60_000  # counter TTL beyond its window end (clock skew between replicas)
@@ -66,8 +65,6 @@ LEDGER_KEY = "qg:ledger"
 LEDGER_DEDUP_MS = 6 * 3_600_000  # a batch written again within this long is skipped (ledger_v2.lua)
 
 _LEDGER_FIELDS = frozenset(f.name for f in dataclasses.fields(LedgerRecord))
-_SCRIPTS = ("reserve_v2", "settle_v2", "extend_v1", "reap_v2", "add_usage_v1", "revoke_key_v1", "ledger_v2")
-_PIPELINED = frozenset({"reserve_v2", "settle_v2"})  # the per-request scripts
 
 
 def counter_key(key: str) -> str:
@@ -76,12 +73,6 @@ def counter_key(key: str) -> str:
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
-
-
-def _lua(name: str) -> str:
-    """A script's text, after the shared counter functions of ``lib_counters.lua``."""
-    lua = resources.files("proxy.store") / "lua"
-    return "".join((lua / file).read_text(encoding="utf-8") for file in ("lib_counters.lua", f"{name}.lua"))
 
 
 class RedisStore:
@@ -96,24 +87,19 @@ class RedisStore:
     ) -> None:
         self._url = url
         self._where = url.split("@")[-1]  # never log the password
-        self._queue: list[tuple[str, Sequence[str], Sequence[str | int | bytes], asyncio.Future[Any]]] = []
-        self._scheduled = False
-        self._senders: set[asyncio.Task[None]] = set()
         self._clock = clock
         self._socket_timeout = socket_timeout
         self._connect_timeout = connect_timeout
         self._max_connections = max_connections
         self._client: aioredis.Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._scripts = Scripts(self._where)
 
     # plumbing
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        try:
+        with guard(self._where):
             yield
-        except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, rexc.OutOfMemoryError) as e:
-            raise StoreUnavailable(f"Redis store at {self._where} unavailable: {e}") from e
 
     @property
     def _r(self) -> aioredis.Redis:
@@ -121,75 +107,8 @@ class RedisStore:
             raise StoreUnavailable(f"Redis store at {self._where} is not open")
         return self._client
 
-    async def _script(self, name: str, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
-        if self._client is None:
-            raise StoreUnavailable(f"Redis store at {self._where} is not open")
-        if name not in _PIPELINED:
-            return await self._call(name, keys, args)
-        # Every reserve/settle issued in one event-loop turn goes out in one pipeline: one round trip and
-        # one socket write for N scripts (each script is still atomic on its own).
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((name, keys, args, fut))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._kick)
-        return await fut
-
-    async def _call(self, name: str, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
-        with self._guard():
-            return await self._scripts[name](keys=list(keys), args=list(args))
-
-    def _kick(self) -> None:
-        self._scheduled = False
-        batch, self._queue = self._queue, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._send(batch))
-            self._senders.add(task)
-            task.add_done_callback(self._senders.discard)
-
-    async def _send(
-        self, batch: list[tuple[str, Sequence[str], Sequence[str | int | bytes], asyncio.Future[Any]]]
-    ) -> None:
-        if len(batch) == 1:
-            name, keys, args, fut = batch[0]
-            try:
-                result = await self._call(name, keys, args)
-            except Exception as e:
-                if not fut.done():
-                    fut.set_exception(e)
-                return
-            if not fut.done():
-                fut.set_result(result)
-            return
-        pipe = self._r.pipeline(transaction=False)
-        for name, keys, args, _ in batch:
-            pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
-        try:
-            with self._guard():
-                results = await pipe.execute(raise_on_error=False)
-        except Exception as e:
-            for *_, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
-        for (name, keys, args, fut), result in zip(batch, results, strict=True):
-            if fut.done():
-                continue
-            if isinstance(result, rexc.NoScriptError):  # a restarted Redis forgot the scripts: load and run
-                try:
-                    result = await self._call(name, keys, args)
-                except Exception as e:
-                    fut.set_exception(e)
-                    continue
-            if isinstance(result, Exception):
-                try:
-                    with self._guard():
-                        raise result
-                except Exception as mapped:
-                    fut.set_exception(mapped)
-                continue
-            fut.set_result(result)
+    def _script(self, name: str, keys: Sequence[str], args: Args) -> Any:
+        return self._scripts.run(name, keys, args)
 
     # lifecycle
 
@@ -208,11 +127,10 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
         )
         self._client = aioredis.Redis.from_pool(pool)
-        self._scripts = {name: self._client.register_script(_lua(name)) for name in _SCRIPTS}
+        self._scripts.open(self._client)
 
     async def close(self) -> None:
-        if self._senders:
-            await asyncio.gather(*self._senders, return_exceptions=True)
+        await self._scripts.close()
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -422,10 +340,8 @@ class RedisStore:
         return out
 
     async def delete_object(self, kind: str, object_id: str) -> bool:
-        if "object_delete_v1" not in self._scripts:  # not a per-request script: registered on first use
-            self._scripts["object_delete_v1"] = self._r.register_script(_lua("object_delete_v1"))
         args: list[str | int | bytes] = [repr(self._clock() - OBJECT_RETENTION_S)]
-        return int(await self._call("object_delete_v1", [_object_key(kind, object_id)], args)) == 1
+        return int(await self._script("object_delete_v1", [_object_key(kind, object_id)], args)) == 1
 
 
 def _b(value: bytes | str) -> bytes:
