@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from .settings import BudgetSettings, RateLimitSettings, Window
-from .store.base import Hold
+from .store.base import Hold, hash_tag
 
 Unit = Literal["tokens", "usd", "requests", "concurrent"]
 _RETAIN = 86_400.0
@@ -65,8 +65,7 @@ class Limit:
         return Hold(self.key, self.limit, amount, expires, commit=self.unit != "concurrent")
 
 
-def tag(team: str) -> str:
-    return "{" + team + "}"
+tag = hash_tag  # the team's {team} hash tag, defined once by the store contract
 
 
 def limits_for(

@@ -7,11 +7,12 @@ against aiohttp's 3,300 through the same bare relay). One session and connection
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 from urllib.parse import quote
 
 import aiohttp
 
-from .errors import UpstreamTimeout, UpstreamUnreachable
+from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
 from .parse import Endpoint
 from .settings import ProviderSettings, Settings
 
@@ -31,6 +32,25 @@ DROP_RESPONSE = frozenset(
         "proxy-authenticate", "trailer", "upgrade", "alt-svc", "set-cookie",
     }
 )  # fmt: skip
+
+
+# Where a transport failure struck: before the response headers, reading a buffered body, or mid-stream.
+Phase = Literal["connect", "body", "stream"]
+_BROKE = {
+    "connect": "Could not reach the upstream provider",
+    "body": "The upstream connection failed",
+    "stream": "The upstream stream broke",
+}
+
+
+def transport_error(exc: BaseException, phase: Phase = "connect") -> ProxyError:
+    """The one mapping of an upstream transport failure (``aiohttp.ClientError``, ``TimeoutError``) to
+    what the client gets: a timeout is a 504, anything else a 502, worded for the phase it struck in."""
+    if isinstance(exc, TimeoutError):
+        if phase == "connect":
+            return UpstreamTimeout("The upstream provider did not answer in time.")
+        return UpstreamTimeout("The upstream provider stopped sending in time.")
+    return UpstreamUnreachable(f"{_BROKE[phase]}: {exc.__class__.__name__}.")
 
 
 class Upstream:
@@ -88,7 +108,5 @@ class Upstream:
                 headers["authorization"] = f"Bearer {provider.api_key}"
         try:
             return await self._session.post(self.url(provider, endpoint, upstream_model), data=body, headers=headers)
-        except TimeoutError:
-            raise UpstreamTimeout("The upstream provider did not answer in time.") from None
-        except aiohttp.ClientError as e:
-            raise UpstreamUnreachable(f"Could not reach the upstream provider: {e.__class__.__name__}.") from None
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise transport_error(e) from None

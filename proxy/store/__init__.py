@@ -21,6 +21,7 @@ from proxy.store.base import (
     LedgerRecord,
     Store,
     UsageRow,
+    hash_tag,
 )
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
@@ -39,6 +40,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "UsageRow",
+    "hash_tag",
     "open_store",
 ]
 

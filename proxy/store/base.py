@@ -28,8 +28,8 @@ and a key whose window has already ended (by the store's clock) is not written a
 ``proxy/store/rules.py`` is this rule as code (memory, SQLite); ``lua/lib_counters.lua`` is it for Redis,
 which sees every time in milliseconds; ``tests/test_store_differential.py`` holds the stores to each other.
 
-Cluster: every key of one lease shares the ``hash_tag`` (``{team}``), so a Redis Cluster keeps them in
-one slot; implementations must prefix their own keys with the same tag.
+Cluster: every key of one lease shares the ``hash_tag`` (``{team}``, built by ``hash_tag(team)``), so a
+Redis Cluster keeps them in one slot; implementations must prefix their own keys with the same tag.
 
 All I/O errors (connection refused, timeouts, locked database past its timeout) surface as
 ``StoreUnavailable`` from ``proxy.errors``.
@@ -40,6 +40,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+
+def hash_tag(name: str) -> str:
+    """``{name}``: the Redis Cluster hash tag of a team's counters and leases (every key carrying it shares a
+    slot). Written here once; callers never build the braces by hand."""
+    return "{" + name + "}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ from proxy.store.base import (
     LedgerRecord,
     ObjectRecord,
     UsageRow,
+    hash_tag,
 )
 from proxy.store.memory import usage_rows
 from proxy.store.redis_scripts import Args, Scripts, guard
@@ -273,7 +274,7 @@ class RedisStore:
             return
         digest = hashlib.blake2b(b"\n".join(r.request_id.encode() for r in records), digest_size=12).hexdigest()
         # the marker's hash tag is the stream's name: the same cluster slot as the stream
-        keys = [LEDGER_KEY, f"{{{LEDGER_KEY}}}:b:{digest}"]
+        keys = [LEDGER_KEY, f"{hash_tag(LEDGER_KEY)}:b:{digest}"]
         args: list[str | int | bytes] = [LEDGER_DEDUP_MS]
         for r in records:  # one field per entry: the record as JSON (orjson encodes dataclasses natively)
             args += [_ms(r.ts), 1, "r", orjson.dumps(r)]
