@@ -15,14 +15,8 @@ Flow::
                      the store was down) and replays them in the background
     close()          writes what is left while the store answers (up to ``close_seconds``), spills the rest
 
-Spill files live in the spill dir (``ledger_spill_dir``, else the SQLite file's directory, else ./data):
-``ledger-spill-<pid>-<random>.jsonl``, append-only, one ``{"b": group, "r": record}`` per line; a group is
-replayed as one batch. Each process appends only to its own file and holds an exclusive ``flock`` on it
-while it lives, so under ``--workers N`` a lock that can be taken means its owner is gone (pids repeat
-across container restarts, locks die with their process). A file is claimed by taking its lock, then
-renaming it to a ``ledger-replay-<owner>-<n>.replaying`` name of the claimer's own, and deleted only once
-every group in it is in the store. A torn last line (a crash mid-write) is skipped with a warning; a failed
-append is truncated back, so a later one never starts mid-line.
+Spill files (``ledger_spill.py``): one per process, append-only JSONL under its own ``flock``; claimed
+by lock + rename, replayed a group at a time, deleted once every group is in the store.
 
 Exactly once: a batch retried after an ambiguous failure (the store wrote it, the reply was lost) or a file
 replayed again after a crash between "written" and "deleted" reaches the store twice. The SQLite store
@@ -36,42 +30,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
-import fcntl
 import logging
 import os
 import secrets
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote
 
-import orjson
-
+from . import ledger_spill as spill
 from .errors import StoreUnavailable
+from .ledger_spill import BATCH, SpillFile
+from .ledger_spill import spill_dir as spill_dir  # where the app configures it
 from .metrics import Metrics
 from .store.base import LedgerRecord, Store
 
 log = logging.getLogger("quotagate.ledger")
-BATCH = 500
-SPILL_PATTERNS = ("ledger-spill-*.jsonl", "ledger-replay-*.replaying")
-_FIELDS = frozenset(f.name for f in dataclasses.fields(LedgerRecord))
 _T = TypeVar("_T")
-
-
-def spill_dir(store_url: str, configured: str | None = None) -> Path:
-    """The configured spill dir, else the SQLite file's directory, else ./data."""
-    if configured:
-        return Path(configured)
-    prefix = "sqlite:///"
-    if store_url.lower().startswith(prefix):
-        return Path(unquote(store_url[len(prefix) :].split("?", 1)[0])).parent
-    return Path("data")
 
 
 def error_cause(err: BaseException) -> str:
@@ -156,8 +134,8 @@ class Ledger:
         self._writing = 0  # records of the batch being written
         self._spilling = 0  # overflow records being appended to the spill file
         self._overflow: list[LedgerRecord] = []  # past queue_max: the spill task appends it to _active
-        self._active: _SpillFile | None = None  # this process's own spill file
-        self._claimed: deque[_SpillFile] = deque()  # spill files being replayed into the store
+        self._active: SpillFile | None = None  # this process's own spill file
+        self._claimed: deque[SpillFile] = deque()  # spill files being replayed into the store
         self._files = asyncio.Lock()  # _active is created, appended to and rotated under it
         self._wake = asyncio.Event()
         self._spill_wake = asyncio.Event()
@@ -167,7 +145,7 @@ class Ledger:
         self._disk = _Streak(f"ledger spill file I/O in {self._dir}")
 
     def start(self) -> None:
-        self._claimed.extend(_claim(self._dir, self._replay_path))  # a glob and a few renames, at boot
+        self._claimed.extend(spill.claim(self._dir, self._replay_path))  # a glob and a few renames, at boot
         if self._claimed:
             log.warning("ledger: replaying %d spill files left in %s", len(self._claimed), self._dir)
         self._tasks = [
@@ -229,7 +207,7 @@ class Ledger:
             await asyncio.sleep(min(0.25, max(until - loop.time(), 0.0)))
             written = await self._tick(until)
         groups = [self._head] if self._head else []
-        groups += _chunks(list(self._queue))
+        groups += spill.chunks(list(self._queue))
         self._head = []
         self._queue.clear()
         if groups:
@@ -247,7 +225,7 @@ class Ledger:
     async def _run(self) -> None:
         for f in list(self._claimed):
             with contextlib.suppress(OSError):
-                f.records = await asyncio.to_thread(_count_lines, f.path)
+                f.records = await asyncio.to_thread(spill.count_lines, f.path)
         while not self._closing:
             if self._writes.cause is not None:
                 await asyncio.sleep(self._flush_seconds)  # a full queue must not turn retries into a busy loop
@@ -290,12 +268,12 @@ class Ledger:
 
     async def _replay_one(self) -> None:
         f = self._claimed[0]
-        records, end, lines, eof = await self._disk_op(_read_group, f.path, f.offset)
+        records, end, lines, eof = await self._disk_op(spill.read_group, f.path, f.offset)
         if records:
             await self._write(records)
         f.offset, f.records = end, max(f.records - lines, 0)
         if eof:
-            await self._disk_op(_delete, f)
+            await self._disk_op(spill.delete, f)
             self._claimed.popleft()
 
     async def _rotate(self) -> None:
@@ -304,7 +282,7 @@ class Ledger:
             f = self._active
             if f is None or not f.records:
                 return
-            await self._disk_op(_rename, f, self._replay_path())
+            await self._disk_op(spill.rename, f, self._replay_path())
             self._active = None
             self._claimed.append(f)
 
@@ -319,7 +297,7 @@ class Ledger:
                 records, self._overflow = self._overflow, []
                 self._spilling = len(records)
                 try:
-                    await self._spill(_chunks(records))
+                    await self._spill(spill.chunks(records))
                 except Exception:
                     self._overflow[:0] = records  # kept in memory, in order; retried on the next tick
                 finally:
@@ -328,8 +306,8 @@ class Ledger:
     async def _spill(self, groups: list[list[LedgerRecord]]) -> None:
         async with self._files:
             if self._active is None:
-                self._active = await self._disk_op(_create, self._dir, self._owner)
-            await self._disk_op(_append, self._active, groups)
+                self._active = await self._disk_op(spill.create, self._dir, self._owner)
+            await self._disk_op(spill.append, self._active, groups)
         self._gauge()
 
     async def _disk_op(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -363,125 +341,3 @@ class Ledger:
     def _gauge(self, value: int | None = None) -> None:
         if self._metrics is not None:
             self._metrics.ledger_queue_depth.set(self.pending if value is None else value)
-
-
-# Spill files. These functions block: they run in a thread (asyncio.to_thread), except _claim at boot.
-
-
-@dataclass(slots=True, eq=False)
-class _SpillFile:
-    """A spill file this process holds the lock of: its own (appended to) or one being replayed."""
-
-    path: Path
-    fd: int  # holds the flock for as long as the file is ours
-    records: int = 0  # records in it not yet in the store
-    size: int = 0  # bytes known good: a failed append is truncated back to here
-    offset: int = 0  # replay: bytes already in the store
-
-
-def _chunks(records: list[LedgerRecord]) -> list[list[LedgerRecord]]:
-    return [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
-
-
-def _create(directory: Path, owner: str) -> _SpillFile:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"ledger-spill-{owner}.jsonl"
-    tmp = directory / f".{path.name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(tmp, path)  # visible under its claimable name only once locked
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return _SpillFile(path, fd)
-
-
-def _append(f: _SpillFile, groups: Sequence[Sequence[LedgerRecord]]) -> None:
-    first = f.size  # group numbers only need to differ between neighbours: the byte offset will do
-    data = b"".join(
-        orjson.dumps({"b": first + i, "r": r}, default=str) + b"\n" for i, group in enumerate(groups) for r in group
-    )
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(f.fd, view) :]
-        os.fsync(f.fd)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.ftruncate(f.fd, f.size)
-        raise
-    f.size += len(data)
-    f.records += sum(map(len, groups))
-
-
-def _claim(directory: Path, name: Callable[[], Path]) -> list[_SpillFile]:
-    """Take every spill file whose owner is gone: lock it, then rename it to a name of our own."""
-    if not directory.is_dir():
-        return []
-    out: list[_SpillFile] = []
-    for path in sorted(p for pattern in SPILL_PATTERNS for p in directory.glob(pattern)):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue  # another process claimed it meanwhile
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its owner is alive
-            target = name()
-            os.rename(path, target)  # FileNotFoundError: claimed by another process first
-        except OSError:
-            os.close(fd)
-            continue
-        out.append(_SpillFile(target, fd))
-    return out
-
-
-def _count_lines(path: Path) -> int:
-    n = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            n += chunk.count(b"\n")
-    return n
-
-
-def _read_group(path: Path, offset: int) -> tuple[list[LedgerRecord], int, int, bool]:
-    """The group starting at ``offset``: (records, end offset, lines consumed, end of file reached)."""
-    records: list[LedgerRecord] = []
-    group: object = None
-    lines = 0
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        while len(records) < BATCH:
-            line = fh.readline()
-            if not line:
-                return records, offset, lines, True
-            if not line.endswith(b"\n"):
-                log.warning(
-                    "ledger spill file %s: skipped a torn last line (%d bytes, a crash mid-write)", path, len(line)
-                )
-                return records, offset + len(line), lines, True
-            try:
-                doc = orjson.loads(line)
-                g, record = doc["b"], LedgerRecord(**{k: v for k, v in doc["r"].items() if k in _FIELDS})
-            except (ValueError, TypeError, KeyError, AttributeError) as e:
-                log.error("ledger spill file %s: skipped an unreadable line at byte %d: %s", path, offset, e)
-                offset, lines = offset + len(line), lines + 1
-                continue
-            if records and g != group:
-                break
-            group = g
-            records.append(record)
-            offset, lines = offset + len(line), lines + 1
-    return records, offset, lines, False
-
-
-def _rename(f: _SpillFile, target: Path) -> None:
-    os.rename(f.path, target)
-    f.path = target
-
-
-def _delete(f: _SpillFile) -> None:
-    f.path.unlink()
-    os.close(f.fd)

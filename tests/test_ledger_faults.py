@@ -464,7 +464,7 @@ async def test_append_stays_cheap_with_the_queue_full(tmp_path: Path) -> None:
 def test_starting_workers_claim_each_leftover_file_exactly_once(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from proxy.ledger import _claim
+    from proxy.ledger_spill import claim
 
     for i in range(40):
         (tmp_path / f"ledger-spill-{i}-dead.jsonl").write_bytes(b"")
@@ -474,7 +474,7 @@ def test_starting_workers_claim_each_leftover_file_exactly_once(tmp_path: Path) 
         return tmp_path / f"ledger-replay-w-{next(numbers)}.replaying"
 
     with ThreadPoolExecutor(4) as pool:  # flock conflicts between open files, within one process too
-        claims = list(pool.map(lambda _: _claim(tmp_path, name), range(4)))
+        claims = list(pool.map(lambda _: claim(tmp_path, name), range(4)))
     claimed = [f.path for files in claims for f in files]
     assert len(claimed) == len(set(claimed)) == 40
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in claimed)
