@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .budgets import BudgetSample, BudgetsInForce, BudgetStatus
+from .budgets import BudgetsInForce
 from .ids import ids
 from .reaper import Reaper
 from .refusals import refusal_limit
@@ -27,18 +27,8 @@ from .reservations import LeaseMeta, Reservation, Reservations
 from .settings import BudgetSettings, Settings
 from .store.base import LedgerRecord, Store
 
-__all__ = [
-    "Accountant",
-    "BudgetSample",
-    "BudgetStatus",
-    "BudgetsInForce",
-    "LeaseMeta",
-    "Reaper",
-    "Reservation",
-    "Reservations",
-    "ids",
-    "refusal_limit",
-]
+# what callers import from here today (pipeline, objects, tests); new code imports from the modules above
+__all__ = ["Accountant", "LeaseMeta", "Reservation", "ids", "refusal_limit"]
 
 
 class Accountant:
