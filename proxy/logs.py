@@ -16,14 +16,13 @@ Keys never appear: only the key's configured name. Refusals are WARNING, failure
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import orjson
 
-from .outcomes import Outcome, verdict
+from .outcomes import verdict
 from .settings import ProviderSettings
 from .units import rfc3339, usd
 
@@ -44,73 +43,92 @@ class _Endpoint(Protocol):
     def name(self) -> str: ...
 
 
-class FinishedRequest(Protocol):
-    """What the request log reads from the pipeline's trace (the pipeline is not imported here)."""
-
-    request_id: str
-    t0: float
-    t_end: float | None
-    team: str | None
-    key_name: str
-    model: str
-    provider: str
-    stream: bool
-    status: int
-    outcome: Outcome
-    error: str | None
-    error_type: str | None
-    upstream_s: float
-    ttft: float | None
-    cost: int
-    limit: str | None
+class Admitted(Protocol):
+    """Who asked for what: the pipeline's ``proxy.admit.Admission`` (the pipeline is not imported here)."""
 
     @property
+    def request_id(self) -> str: ...
+    @property
+    def t0(self) -> float: ...
+    @property
+    def team(self) -> str | None: ...
+    @property
+    def key_name(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def stream(self) -> bool: ...
+    @property
     def endpoint(self) -> _Endpoint: ...
+
+
+class Answered(Protocol):
+    """What the client was answered: the pipeline's ``proxy.forward.Relayed``."""
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def t_end(self) -> float: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def error_type(self) -> str | None: ...
+    @property
+    def limit(self) -> str | None: ...
+    @property
+    def upstream_s(self) -> float: ...
+    @property
+    def ttft(self) -> float | None: ...
     @property
     def usage(self) -> _Usage: ...
 
 
-def request_finished(t: FinishedRequest, providers: Mapping[str, ProviderSettings]) -> None:
+def request_finished(
+    adm: Admitted, r: Answered, cost_micro_usd: int, providers: Mapping[str, ProviderSettings]
+) -> None:
     """The one log line of a finished request: refusals and failures always, the rest with --access-log."""
-    kind = verdict(t.outcome, t.status)
+    kind = verdict(r.outcome, r.status)
     level = logging.INFO if kind == "ok" else logging.WARNING if kind == "refused" else logging.ERROR
     if not request_log.isEnabledFor(level):
         return
-    now = time.perf_counter()
     fields: dict[str, Any] = {
-        "request_id": t.request_id,
-        "team": t.team,
-        "key": t.key_name or None,
-        "model": t.model or None,
-        "endpoint": t.endpoint.name,
-        "stream": t.stream,
-        "outcome": t.outcome,
-        "status": t.status,
-        "limit": t.limit,
-        "error_type": t.error_type if kind != "ok" else None,
-        "latency_ms": round(((t.t_end or now) - t.t0) * 1000, 3),
+        "request_id": adm.request_id,
+        "team": adm.team,
+        "key": adm.key_name or None,
+        "model": adm.model or None,
+        "endpoint": adm.endpoint.name,
+        "stream": adm.stream,
+        "outcome": r.outcome,
+        "status": r.status,
+        "limit": r.limit,
+        "error_type": r.error_type if kind != "ok" else None,
+        "latency_ms": round((r.t_end - adm.t0) * 1000, 3),
     }
-    if t.upstream_s > 0:  # it was sent to a provider (refusals never are)
-        provider = providers.get(t.provider)
-        fields["provider"] = t.provider or None
+    if r.upstream_s > 0:  # it was sent to a provider (refusals never are)
+        provider = providers.get(r.provider)
+        fields["provider"] = r.provider or None
         fields["upstream_host"] = urlsplit(provider.base_url).netloc if provider is not None else None
-        fields["upstream_status"] = _upstream_status(t)
-        fields["upstream_ms"] = round(t.upstream_s * 1000, 3) if t.upstream_s else None
-        fields["ttft_ms"] = round(t.ttft * 1000, 3) if t.ttft is not None else None
+        fields["upstream_status"] = _upstream_status(r, kind)
+        fields["upstream_ms"] = round(r.upstream_s * 1000, 3)
+        fields["ttft_ms"] = round(r.ttft * 1000, 3) if r.ttft is not None else None
     if kind == "ok":
-        fields["input_tokens"] = t.usage.input
-        fields["output_tokens"] = t.usage.output
-        fields["cost_usd"] = usd(t.cost)
+        fields["input_tokens"] = r.usage.input
+        fields["output_tokens"] = r.usage.output
+        fields["cost_usd"] = usd(cost_micro_usd)
     else:
-        fields["error"] = t.error
+        fields["error"] = r.error
     request_log.log(level, kind, extra={"fields": {k: v for k, v in fields.items() if v is not None}})
 
 
-def _upstream_status(t: FinishedRequest) -> int | None:
+def _upstream_status(r: Answered, kind: str) -> int | None:
     """The provider's HTTP status, when it answered (an upstream error keeps the provider's status)."""
-    etype = t.error_type or ""
-    if verdict(t.outcome, t.status) == "ok" or (etype.startswith("upstream_") and etype[len("upstream_") :].isdigit()):
-        return t.status or None
+    etype = r.error_type or ""
+    if kind == "ok" or (etype.startswith("upstream_") and etype[len("upstream_") :].isdigit()):
+        return r.status or None
     return None
 
 

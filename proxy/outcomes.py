@@ -62,6 +62,9 @@ def verdict(outcome: str, status: int) -> Verdict:
     return "failed" if status >= 500 or status == 0 else "refused"
 
 
-def metric_outcome(outcome: Outcome) -> MetricOutcome | None:
-    """The ``outcome`` label a finished request is counted under (None: not counted as a request)."""
-    return KINDS[outcome][1]
+def metric_outcome(outcome: Outcome) -> MetricOutcome:
+    """The ``outcome`` label a finished request is counted under."""
+    label = KINDS[outcome][1]
+    if label is None:
+        raise ValueError(f"{outcome!r} is not the outcome of a request the metrics count")
+    return label

@@ -1,4 +1,4 @@
-"""Raw request JSON -> a typed view of the governed fields, the rest left untouched.
+"""Raw request JSON -> a typed view of the governed fields (``ParsedRequest``), the rest left untouched.
 
 Only the fields quotagate governs are read (model, stream, stream_options, the output caps, the prompt)
 and only those are ever rewritten; ``body_bytes()`` returns the client's bytes unchanged when nothing
@@ -13,54 +13,40 @@ provider will reject, is forwarded as it came (README, "What quotagate refuses o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .errors import InvalidJSON, InvalidRequest
 
+if TYPE_CHECKING:  # the adapters build on this module
+    from .protocols.base import Adapter
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """One governed route, and the adapter of its wire protocol (proxy/protocols/) that the pipeline asks."""
+
     name: str  # chat | completions | embeddings | responses | responses.compact
     path: str  # upstream path below the provider's base_url
     operation: str  # OpenTelemetry gen_ai.operation.name
     cap_fields: tuple[str, ...]  # output-cap fields, preferred first
     prompt_field: str
+    protocol: Adapter
     has_output: bool = True
     default_cap: int | None = None  # what the API does when the client gives no cap
     # fields that pull input the client does not send from the provider's storage (the ids are the caller
     # team's or 404, and that input is reserved, not counted)
     stored_context: tuple[str, ...] = ()
 
-
-CHAT = Endpoint("chat", "/chat/completions", "chat", ("max_completion_tokens", "max_tokens"), "messages")
-COMPLETIONS = Endpoint("completions", "/completions", "text_completion", ("max_tokens",), "prompt", default_cap=16)
-EMBEDDINGS = Endpoint("embeddings", "/embeddings", "embeddings", (), "input", has_output=False)
-RESPONSES = Endpoint(
-    "responses",
-    "/responses",
-    "responses",
-    ("max_output_tokens",),
-    "input",
-    stored_context=("previous_response_id", "conversation", "prompt"),
-)
-# Compaction is a model call the provider bills (CompactResource carries `usage`); its output cannot be capped.
-COMPACT = Endpoint(
-    "responses.compact", "/responses/compact", "responses", (), "input", stored_context=("previous_response_id",)
-)
-
-ENDPOINTS: dict[str, Endpoint] = {
-    "/v1/chat/completions": CHAT,
-    "/v1/completions": COMPLETIONS,
-    "/v1/embeddings": EMBEDDINGS,
-    "/v1/responses": RESPONSES,
-    "/v1/responses/compact": COMPACT,
-}
+    def parse(self, raw: bytes) -> ParsedRequest:
+        return self.protocol.parse(self, raw)
 
 
 @dataclass(slots=True)
 class ParsedRequest:
+    """The request as quotagate governs it: the governed fields typed, the body as parsed, the client's bytes."""
+
     endpoint: Endpoint
     body: dict[str, Any]
     raw: bytes
@@ -108,7 +94,9 @@ def _int_field(body: dict[str, Any], name: str) -> int | None:
     return v
 
 
-def parse(endpoint: Endpoint, raw: bytes) -> ParsedRequest:
+def parse(endpoint: Endpoint, raw: bytes, *, stream_options: bool) -> ParsedRequest:
+    """An OpenAI-shaped body; ``stream_options``: the protocol reports a stream's usage only when asked with
+    ``stream_options.include_usage`` (quotagate asks), so that field must be an object on a stream."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -126,7 +114,7 @@ def parse(endpoint: Endpoint, raw: bytes) -> ParsedRequest:
         )
     stream = body.get("stream") is True
     options = body.get("stream_options")
-    if stream and endpoint in (CHAT, COMPLETIONS) and options is not None and not isinstance(options, dict):
+    if stream and stream_options and options is not None and not isinstance(options, dict):
         raise InvalidRequest(
             f"Invalid type for 'stream_options': expected an object, but got {_json_type(options)} instead. "
             "quotagate sets stream_options.include_usage on every stream to meter it.",

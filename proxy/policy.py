@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
-from .parse import ENDPOINTS, Endpoint
+from .parse import Endpoint
+from .protocols import ENDPOINTS
 from .settings import MODE_ENDPOINTS, ModelSettings, Settings, TeamSettings
 
 _PINNED = frozenset({"system", "developer"})

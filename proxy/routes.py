@@ -9,12 +9,12 @@ from typing import Any
 import orjson
 
 from .admin import admin_app, usage_payload
+from .asgi import Receive, Scope, Send, respond
 from .auth import key_from_headers
 from .errors import NotFound, ProxyError, StoreUnavailable, render
 from .gateway import Gateway
 from .objects import Ownership, StatefulRoutes, match, model_entry
-from .parse import ENDPOINTS
-from .pipeline import Receive, Scope, Send, _respond
+from .protocols import ENDPOINTS
 
 
 class Router:
@@ -74,7 +74,7 @@ class Router:
                 return await self._json(send, {"status": "ready", "store": self.gw.settings.store.split(":")[0]})
             if method == "GET" and path == "/metrics":
                 body, ctype = await self.gw.scrape()
-                return await _respond(send, 200, {"content-type": ctype}, body, "")
+                return await respond(send, 200, {"content-type": ctype}, body, "")
         except ProxyError as err:
             return await self._error(send, err)
         await self._error(send, NotFound(f"Invalid URL ({method} {path})", code="unknown_url"))
@@ -100,11 +100,11 @@ class Router:
             raise
 
     async def _json(self, send: Send, obj: Any, status: int = 200) -> None:
-        await _respond(send, status, {"content-type": "application/json"}, orjson.dumps(obj), "")
+        await respond(send, status, {"content-type": "application/json"}, orjson.dumps(obj), "")
 
     async def _error(self, send: Send, err: ProxyError) -> None:
         status, headers, body = render(err)
-        await _respond(send, status, headers, body, "")
+        await respond(send, status, headers, body, "")
 
 
 def _method_not_allowed(method: str, path: str) -> ProxyError:

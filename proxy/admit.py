@@ -1,0 +1,254 @@
+"""Admit one request: auth -> parse -> model access -> count -> context cap -> output cap -> reserve.
+
+The answer is an ``Admission`` (who asked for which model, what was counted and reserved) and what to send
+(``Outbound``). A refusal raises ``Refused`` with the error and an ``Admission`` of as much as was known by
+then, so that its ledger row, metrics and log line say who was refused, for which model, after what count.
+
+A budget with ``downgrade_to`` admits the cheaper model instead when it refuses the reservation, or when the
+reservation's own answer shows it past ``warn_at``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import policy
+from .asgi import Receive, Scope, read_body
+from .auth import KeyRing, Principal, key_from_headers
+from .count import Counter, Estimate
+from .errors import BudgetExceeded, ProxyError
+from .ids import ids
+from .parse import Endpoint, ParsedRequest
+from .pricing import Price, price_of
+from .reservations import LeaseMeta
+from .settings import ModelSettings, Settings, TeamSettings
+from .settle import Accountant, Reservation
+
+if TYPE_CHECKING:  # proxy.objects serves the stateful endpoints and imports the pipeline
+    from .objects import Ownership
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Who asked for which model, what was counted and reserved (on a refusal: what was known by then)."""
+
+    request_id: str
+    ts: float  # epoch seconds at arrival
+    t0: float  # perf_counter() at arrival
+    endpoint: Endpoint
+    team: str | None = None
+    key_name: str = ""
+    model: str = ""  # the configured model served (after a downgrade), else as the client named it
+    stream: bool = False
+    provider: str = ""  # the model's first provider
+    upstream_model: str | None = None
+    estimate: Estimate | None = None
+    trimmed: int = 0  # input tokens dropped to fit the team's context cap
+    seed: int | None = None
+    price: Price | None = None
+    reservation: Reservation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """What the forward step sends: the governed request, its model (providers, failover, encoding), and the
+    headers quotagate adds to the answer (downgrade, trimming, rate limits)."""
+
+    req: ParsedRequest
+    model: ModelSettings
+    headers: dict[str, str]
+
+
+class Refused(Exception):
+    def __init__(self, error: ProxyError, admission: Admission) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.admission = admission
+
+
+class Admitter:
+    def __init__(self, settings: Settings, keyring: KeyRing, counter: Counter, accountant: Accountant) -> None:
+        self._s = settings
+        self._keyring = keyring
+        self._counter = counter
+        self._accountant = accountant
+        self._prices: dict[str, Price] = {name: price_of(m) for name, m in settings.models.items()}
+        self._ids = ids("qg-")
+        self.objects: Ownership | None = None  # set by routes.Router, which serves what it records
+
+    async def admit(self, endpoint: Endpoint, scope: Scope, receive: Receive) -> tuple[Admission, Outbound]:
+        rid, ts, t0 = next(self._ids), time.time(), time.perf_counter()
+        who: Principal | None = None
+        req: ParsedRequest | None = None
+        try:
+            who = await self._keyring.authenticate(key_from_headers(scope["headers"]))
+            req = endpoint.parse(await read_body(receive, self._s.max_body_bytes))
+            if self.objects is not None:  # previous_response_id, conversation: the caller team's, or 404
+                await self.objects.check_references(who.team, req)
+            team = self._s.teams.get(who.team)
+            policy.check_mode(req.model, policy.check_model(self._s, team, req.model), endpoint)
+        except ProxyError as err:
+            known = Admission(
+                rid,
+                ts,
+                t0,
+                endpoint,
+                who.team if who is not None else None,
+                who.key_name if who is not None else "",
+                req.model if req is not None else "",
+                req is not None and req.stream,
+            )
+            raise Refused(err, known) from None
+        return await self._reserve(Admission(rid, ts, t0, endpoint), who, team, req)
+
+    async def _reserve(
+        self, arrival: Admission, who: Principal, team: TeamSettings | None, req: ParsedRequest
+    ) -> tuple[Admission, Outbound]:
+        """The requested model, or the cheaper one a budget's ``downgrade_to`` names (``arrival``: only the
+        request id, times and endpoint are set)."""
+        requested = req.model
+        downgrade = self._downgrade(who.team, who.digest, requested)
+        try:
+            adm, out = await self._attempt(arrival, who, team, req, downgrade or requested, requested)
+        except Refused as refused:  # a budget with downgrade_to refused: the cheaper model may still fit
+            err = refused.error
+            cheaper = err.downgrade_to if isinstance(err, BudgetExceeded) and not downgrade else None
+            downgrade = self._downgrade(who.team, "", requested, cheaper) if cheaper else None
+            if downgrade is None:
+                raise
+            return await self._attempt(arrival, who, team, req, downgrade, requested)
+        # the reserve's own answer shows a budget past warn_at (another process used it): swap models
+        past = adm.reservation.past_warn if adm.reservation is not None and downgrade is None else None
+        downgrade = self._downgrade(who.team, "", requested, past.downgrade_to) if past else None
+        if adm.reservation is None or downgrade is None:
+            return adm, out
+        await self._accountant.release(adm.reservation)
+        return await self._attempt(arrival, who, team, req, downgrade, requested)
+
+    def _downgrade(self, team: str, digest: str, model: str, target: str | None = None) -> str | None:
+        """The cheaper model to serve with: ``target`` (the downgrade of a budget past ``warn_at``, or of the
+        one that refused the reservation), else that of the first budget with ``downgrade_to`` this process
+        last saw past ``warn_at``; only a model the team may use."""
+        if target is None:
+            budget = self._accountant.downgrade_target(team, digest, model)
+            target = budget.downgrade_to if budget is not None else None
+        if target is None or target == model:
+            return None
+        t = self._s.teams.get(team)
+        return target if t is None or t.models is None or target in t.models else None
+
+    async def _attempt(
+        self,
+        arrival: Admission,
+        who: Principal,
+        team: TeamSettings | None,
+        req: ParsedRequest,
+        name: str,
+        requested: str,
+    ) -> tuple[Admission, Outbound]:
+        """Count, apply the team's caps and reserve the worst case for serving ``req`` with model ``name``."""
+        model = self._s.models[name]
+        upstream = model.upstream_model or name
+        req.model = name
+        est: Estimate | None = None
+        trimmed: int | None = None
+        seed: int | None = None
+        price: Price | None = None
+        try:
+            est, trimmed = await self._count(req, model, upstream, who.team, team)
+            endpoint = req.endpoint
+            cap = policy.output_cap(
+                req.requested_cap if endpoint.has_output else 0,
+                team if endpoint.cap_fields else None,  # a team cap binds only what has a cap field
+                model,
+                endpoint.default_cap,
+                est.tokens,
+            )
+            endpoint.protocol.apply(
+                req, model=upstream if upstream != name or name != requested else None, cap=cap.send
+            )
+            price = self._prices[name]
+            worst_tokens, worst_usd = est.tokens + cap.worst_case, price.worst_case(est.tokens, cap.worst_case)
+            seed = _seed(req.body.get("seed"))
+            meta = LeaseMeta(
+                arrival.request_id,
+                arrival.ts,
+                who.team,
+                who.key_name,
+                name,
+                model.provider,
+                endpoint.name,
+                req.stream,
+                est.tokens,
+                worst_tokens,
+                worst_usd,
+            )
+            res = await self._accountant.reserve(who.team, who.digest, name, worst_tokens, worst_usd, meta)
+        except ProxyError as err:
+            raise Refused(err, _admission(arrival, who, req, model, est, trimmed, seed, price, None)) from None
+        headers = {"x-quotagate-downgraded-from": requested} if name != requested else {}
+        if trimmed is not None:
+            headers["x-quotagate-trimmed-tokens"] = str(trimmed)
+        if res is not None:
+            headers.update(res.headers)
+        return _admission(arrival, who, req, model, est, trimmed, seed, price, res), Outbound(req, model, headers)
+
+    async def _count(
+        self, req: ParsedRequest, model: ModelSettings, upstream: str, team_name: str, team: TeamSettings | None
+    ) -> tuple[Estimate, int | None]:
+        """Whatever the body holds is counted (odd shapes as their JSON text, inexact); input out of sight
+        (stored context, no prompt field) is reserved up to the policy's bound and settled from usage. Then
+        the team's context cap: refused, or trimmed where the protocol has a conversation to trim
+        (the estimate of what is sent, and the tokens trimmed)."""
+        protocol, enc = req.endpoint.protocol, model.encoding
+        est = await protocol.count(self._counter, req, model=upstream, encoding=enc)
+        if req.unseen_input:
+            est = est.with_unseen(policy.unseen_input_bound(team, model))
+
+        def recount(messages: list[Any]) -> int:
+            return protocol.count_messages(self._counter, req, messages, model=upstream, encoding=enc).tokens
+
+        turns = protocol.messages(req)
+        kept, _, trimmed = policy.enforce_context(
+            team_name, team, est.tokens, turns, recount, param=req.endpoint.prompt_field
+        )
+        if kept is None:
+            return est, None
+        req.set(req.endpoint.prompt_field, kept)
+        return protocol.count_messages(self._counter, req, kept, model=upstream, encoding=enc), trimmed
+
+
+def _admission(
+    arrival: Admission,
+    who: Principal,
+    req: ParsedRequest,
+    model: ModelSettings,
+    est: Estimate | None,
+    trimmed: int | None,
+    seed: int | None,
+    price: Price | None,
+    res: Reservation | None,
+) -> Admission:
+    return Admission(
+        arrival.request_id,
+        arrival.ts,
+        arrival.t0,
+        arrival.endpoint,
+        who.team,
+        who.key_name,
+        req.model,
+        req.stream,
+        model.provider,
+        model.upstream_model or req.model,
+        est,
+        trimmed or 0,
+        seed,
+        price,
+        res,
+    )
+
+
+def _seed(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,135 @@
+"""Finish a request once, from its ``Admission`` and its ``Relayed``: settle the reservation with what was
+used (the provider's usage, else quotagate's counts), then its ledger record, metrics and log line, each
+built once here. Settlement runs in an app-owned task, so that a client disconnect or a shutdown cannot
+skip it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from .admit import Admission
+from .forward import Relayed
+from .ledger import Ledger
+from .logs import request_finished
+from .metrics import Metrics, RequestOutcome
+from .outcomes import metric_outcome
+from .settings import Settings
+from .settle import Accountant
+from .store.base import LedgerRecord
+from .usage import Usage
+
+if TYPE_CHECKING:  # proxy.objects serves the stateful endpoints and imports the pipeline
+    from .objects import Ownership
+
+_NOTHING = Usage(0, 0, 0, 0)
+_SERVED = frozenset({"ok", "client_cancelled"})  # answered by the provider (the client may have left)
+
+
+class Finisher:
+    def __init__(
+        self,
+        settings: Settings,
+        accountant: Accountant,
+        ledger: Ledger,
+        metrics: Metrics,
+        spawn: Callable[[Awaitable[None]], None],
+    ) -> None:
+        self._s = settings
+        self._accountant = accountant
+        self._ledger = ledger
+        self._metrics = metrics
+        self._spawn = spawn
+        self.objects: Ownership | None = None  # set by routes.Router, which serves what it records
+
+    def finish(self, adm: Admission, relayed: Relayed) -> None:
+        """What the request used and costs: billed when the provider served it (or broke off a stream it had
+        started); the object it created is known at once, before the client can name it in a next request."""
+        est = adm.estimate
+        used = relayed.usage.or_counted(est.tokens if est is not None else 0, relayed.counted_output or 0)
+        charged = relayed.outcome in _SERVED or (relayed.outcome == "upstream_error" and relayed.ttft is not None)
+        cost = adm.price.cost(used) if charged and adm.price is not None else 0
+        if not charged:
+            used = _NOTHING
+        if self.objects is not None and relayed.object_id is not None:
+            self._spawn(self.objects.created(adm.endpoint, relayed.object_id, adm.team, relayed.provider))
+        self._spawn(self._settle_and_record(adm, relayed, used, cost, charged))
+
+    def attempt_failed(self, adm: Admission, relayed: Relayed) -> None:
+        """A provider that failed before anything was relayed: recorded on its own, nothing charged."""
+        request_finished(adm, relayed, 0, self._s.providers)
+        self._ledger.append(_record(adm, relayed, 0, charged=False))
+        self._metrics.record(_observed(adm, relayed, _NOTHING, 0))
+
+    async def _settle_and_record(self, adm: Admission, relayed: Relayed, used: Usage, cost: int, charged: bool) -> None:
+        if adm.reservation is not None:
+            await self._accountant.settle(adm.reservation, used.total, cost)
+        request_finished(adm, relayed, cost, self._s.providers)
+        self._ledger.append(_record(adm, relayed, cost, charged=charged))
+        self._metrics.record(_observed(adm, relayed, used, cost))
+
+
+def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRecord:
+    est = adm.estimate
+    ms = 1000.0
+    return LedgerRecord(
+        request_id=adm.request_id,
+        ts=adm.ts,
+        team=adm.team or "",
+        key_name=adm.key_name,
+        model=adm.model,
+        provider=r.provider,
+        endpoint=adm.endpoint.name,
+        stream=adm.stream,
+        status=r.status,
+        outcome=r.outcome,
+        counted_input=est.tokens if est is not None else None,
+        counted_output=r.counted_output,
+        input_tokens=r.usage.input,
+        cached_input_tokens=r.usage.cached_input,
+        output_tokens=r.usage.output,
+        reasoning_tokens=r.usage.reasoning,
+        cost_micro_usd=cost,
+        latency_ms=(r.t_end - adm.t0) * ms,
+        ttft_ms=r.ttft * ms if r.ttft is not None else None,
+        trimmed_tokens=adm.trimmed,
+        estimated=est is not None and not est.exact,
+        seed=adm.seed,
+        system_fingerprint=r.fingerprint,
+        upstream_model=adm.upstream_model,
+        error=r.error,
+        charged=charged,
+    )
+
+
+def _observed(adm: Admission, r: Relayed, used: Usage, cost: int) -> RequestOutcome:
+    elapsed = r.t_end - adm.t0
+    est = adm.estimate
+    parts = est.parts if est is not None else None
+    served = r.outcome in _SERVED
+    return RequestOutcome(
+        team=adm.team,
+        model=adm.model or "other",
+        provider=r.provider,
+        operation=adm.endpoint.operation,
+        outcome=metric_outcome(r.outcome),
+        status=r.status,
+        error_type=r.error_type if r.outcome != "ok" else None,
+        stream=adm.stream,
+        input_tokens=used.input if served else None,
+        cached_input_tokens=used.cached_input,
+        output_tokens=used.output if served else None,
+        reasoning_tokens=used.reasoning,
+        cost_micro_usd=cost,
+        duration_s=elapsed,
+        ttft_s=r.ttft,
+        overhead_s=max(elapsed - r.upstream_s, 0.0),
+        parts=None
+        if parts is None
+        else {"system": parts.system, "tools": parts.tools, "history": parts.history, "new": parts.new},
+        trimmed_tokens=adm.trimmed,
+        # drift compares counts, not a bound reserved for stored context quotagate cannot see
+        counted_input=est.tokens if est is not None and not est.unseen else None,
+        reported_input=r.usage.input,
+    )
