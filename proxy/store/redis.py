@@ -29,8 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import orjson
@@ -97,18 +96,13 @@ class RedisStore:
 
     # plumbing
 
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        with guard(self._where):
-            yield
-
     @property
     def _r(self) -> aioredis.Redis:
         if self._client is None:
             raise StoreUnavailable(f"Redis store at {self._where} is not open")
         return self._client
 
-    def _script(self, name: str, keys: Sequence[str], args: Args) -> Any:
+    def _script(self, name: str, keys: Sequence[str], args: Args) -> Awaitable[Any]:
         return self._scripts.run(name, keys, args)
 
     # lifecycle
@@ -137,7 +131,7 @@ class RedisStore:
             await client.aclose()
 
     async def ping(self) -> None:
-        with self._guard():
+        with guard(self._where):
             await self._r.ping()
 
     # counters and leases
@@ -211,7 +205,7 @@ class RedisStore:
 
     async def counters(self, keys: Sequence[str]) -> dict[str, CounterValue]:
         now = self._clock()
-        with self._guard():
+        with guard(self._where):
             async with self._r.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hmget(counter_key(key), ["used", "reserved", "exp"])
@@ -234,11 +228,11 @@ class RedisStore:
             "created_at": record.created_at,
             "revoked": record.revoked,
         }
-        with self._guard():
+        with guard(self._where):
             await self._r.hset(KEYS_KEY, record.sha256, orjson.dumps(doc))
 
     async def find_key(self, sha256: str) -> KeyRecord | None:
-        with self._guard():
+        with guard(self._where):
             raw = await self._r.hget(KEYS_KEY, sha256)
         return None if raw is None else _key_record(sha256, _b(raw))
 
@@ -246,7 +240,7 @@ class RedisStore:
         return int(await self._script("revoke_key_v1", [KEYS_KEY], [sha256])) == 1
 
     async def list_keys(self, team: str | None = None) -> list[KeyRecord]:
-        with self._guard():
+        with guard(self._where):
             raw = await self._r.hgetall(KEYS_KEY)
         records = [_key_record(_b(sha).decode(), _b(doc)) for sha, doc in raw.items()]
         records = [r for r in records if team is None or r.team == team]
@@ -255,11 +249,11 @@ class RedisStore:
     # overrides
 
     async def set_override(self, team: str, budgets: list[dict[str, Any]]) -> None:
-        with self._guard():
+        with guard(self._where):
             await self._r.hset(OVERRIDES_KEY, team, orjson.dumps(budgets))
 
     async def get_overrides(self) -> dict[str, list[dict[str, Any]]]:
-        with self._guard():
+        with guard(self._where):
             raw = await self._r.hgetall(OVERRIDES_KEY)
         return {_b(team).decode(): orjson.loads(doc) for team, doc in raw.items()}
 
@@ -284,7 +278,7 @@ class RedisStore:
         """Every record with ts >= since; stream ids are >= the record's ts (ledger_v2.lua)."""
         out: list[tuple[bytes, LedgerRecord]] = []
         start: str | bytes = str(max(_ms(since) - 1, 0))
-        with self._guard():
+        with guard(self._where):
             while True:
                 page = cast(
                     "list[tuple[bytes, dict[bytes, bytes]]]",
@@ -315,7 +309,7 @@ class RedisStore:
             return
         key = _object_key(record.kind, record.object_id)
         fields = {"t": record.team, "p": record.provider, "c": repr(record.created_at), "d": int(record.deleted)}
-        with self._guard():
+        with guard(self._where):
             async with self._r.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # the stub's Mapping key is invariant
                 pipe.expire(key, ttl)
@@ -326,7 +320,7 @@ class RedisStore:
         if not ids:
             return {}
         cutoff = self._clock() - OBJECT_RETENTION_S
-        with self._guard():
+        with guard(self._where):
             async with self._r.pipeline(transaction=False) as pipe:
                 for object_id in ids:
                     pipe.hmget(_object_key(kind, object_id), ["t", "p", "c", "d"])
