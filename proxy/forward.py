@@ -20,11 +20,11 @@ import aiohttp
 from .admit import Admission, Outbound
 from .asgi import Receive, Scope, Send, relayed_headers, respond
 from .count import Counter
-from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable, normalise_upstream_error
+from .errors import ProxyError, normalise_upstream_error
 from .outcomes import Outcome
 from .settings import Settings
 from .settle import Accountant
-from .upstream import Upstream
+from .upstream import Upstream, transport_error
 from .usage import Usage
 
 _UNSET = Usage()
@@ -112,11 +112,7 @@ class Forwarder:
                 return await self._stream(receive, send, adm, out, connected, headers)
             return await self._body(send, adm, out, connected, headers)
         except (aiohttp.ClientError, TimeoutError) as e:
-            broke: ProxyError = (
-                UpstreamTimeout("The upstream provider did not answer in time.")
-                if isinstance(e, TimeoutError)
-                else UpstreamUnreachable(f"The upstream connection failed: {e.__class__.__name__}.")
-            )
+            broke = transport_error(e, "body")
             return await answer_error(send, adm, broke, provider, connected.upstream_s(), headers)
         finally:
             resp.release()
@@ -140,8 +136,8 @@ class Forwarder:
                     self._s.providers[name], adm.endpoint, upstream_model, body, scope["headers"], adm.request_id
                 )
                 resp = await (sending if wait is None or last else asyncio.wait_for(sending, wait))
-            except TimeoutError:
-                err = UpstreamTimeout("The upstream provider did not answer in time.")
+            except TimeoutError as late:  # no response headers within failover_timeout_s
+                err = transport_error(late)
             except ProxyError as transport_err:
                 err = transport_err
             else:
@@ -211,11 +207,7 @@ class Forwarder:
             interrupted = not left  # a shutdown: finished all the same, then cancelled
         except (aiohttp.ClientError, TimeoutError) as e:
             watch.relaying = False
-            err = (
-                UpstreamTimeout("The upstream provider stopped sending in time.")
-                if isinstance(e, TimeoutError)
-                else UpstreamUnreachable(f"The upstream stream broke: {e.__class__.__name__}.")
-            )
+            err = transport_error(e, "stream")
             await send({"type": "http.response.body", "body": protocol.stream_error(err), "more_body": False})
         finally:
             watch.close()
@@ -256,8 +248,8 @@ async def _refusal(resp: aiohttp.ClientResponse) -> ProxyError:
     """A provider's 429/5xx, read to be recorded before the next provider is tried."""
     try:
         return normalise_upstream_error(resp.status, await resp.read())
-    except (aiohttp.ClientError, TimeoutError):
-        return UpstreamUnreachable(f"The upstream connection failed (HTTP {resp.status}).")
+    except (aiohttp.ClientError, TimeoutError) as e:
+        return transport_error(e, "body")
     finally:
         resp.release()
 
