@@ -374,7 +374,7 @@ def ids_named(root: Path) -> list[tuple[str, str]]:
 def seed_ownership(store_url: str, named: Sequence[tuple[str, str]], team: str, provider: str) -> None:
     """Record the ids the SDK tests name as ``team``'s, at ``provider``, in quotagate's store before it starts:
     as if that team had created them through quotagate. quotagate answers 404 for an id it never saw
-    created for the caller's team (proxy/objects.py); the SDK tests use fixed ids that only the mock knows."""
+    created for the caller's team (proxy/objects/); the SDK tests use fixed ids that only the mock knows."""
     import asyncio
 
     from proxy.store import open_store

@@ -26,7 +26,7 @@ from .reservations import LeaseMeta
 from .settings import ModelSettings, Settings, TeamSettings
 from .settle import Accountant, Reservation
 
-if TYPE_CHECKING:  # proxy.objects serves the stateful endpoints and imports the pipeline
+if TYPE_CHECKING:  # proxy.objects serves the stateful endpoints; routes.Router hands its Ownership here
     from .objects import Ownership
 
 

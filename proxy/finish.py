@@ -20,7 +20,7 @@ from .settle import Accountant
 from .store.base import LedgerRecord
 from .usage import Usage
 
-if TYPE_CHECKING:  # proxy.objects serves the stateful endpoints and imports the pipeline
+if TYPE_CHECKING:  # proxy.objects serves the stateful endpoints; routes.Router hands its Ownership here
     from .objects import Ownership
 
 _NOTHING = Usage(0, 0, 0, 0)

@@ -19,21 +19,19 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .admit import Admission, Admitter, Refused
-from .asgi import Receive, Scope, Send, read_body, relayed_headers, respond
+from .asgi import Receive, Scope, Send
 from .auth import KeyRing
 from .count import Counter
-from .errors import ModelNotFound, ProxyError
 from .finish import Finisher
 from .forward import Forwarder, Relayed, answer_error
 from .ledger import Ledger
 from .metrics import Metrics
-from .outcomes import Outcome
 from .parse import Endpoint
 from .settings import Settings
 from .settle import Accountant
 from .upstream import Upstream
 
-if TYPE_CHECKING:  # proxy.objects serves the stateful endpoints and imports this module
+if TYPE_CHECKING:  # proxy.objects serves the stateful endpoints; routes.Router hands its Ownership here
     from .objects import Ownership
 
 
@@ -81,13 +79,3 @@ class Pipeline:
 def _unanswered(adm: Admission) -> Relayed:
     """Cancelled (a shutdown) while waiting on the provider: sent, so charged what was counted."""
     return Relayed(adm.provider, 0, time.perf_counter())
-
-
-def outcome_of(err: ProxyError) -> Outcome:
-    return err.outcome
-
-
-# proxy.objects imports these from here (they live in proxy/asgi.py now)
-_read_body, _relayed, _respond = read_body, relayed_headers, respond
-
-__all__ = ["ModelNotFound", "Pipeline", "Receive", "Scope", "Send", "outcome_of"]
