@@ -119,8 +119,19 @@ class Metrics:
         self._providers = frozenset(models.values())
         self._registry = registry if registry is not None else CollectorRegistry()
         self._multiproc_dir = _multiproc_dir()
-        r = self._registry
+        self._declare_genai(self._registry)
+        self._declare_governance(self._registry)
+        self._declare_ledger(self._registry)
+        # Budget state lives in the shared store: the scraping process reads it at scrape time (one store
+        # round trip, see Gateway.scrape), so the gauges never lag and no worker's stale value wins.
+        self._budgets = _BudgetCollector()
+        if self._multiproc_dir is None:
+            self._registry.register(self._budgets)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._preinitialise()
 
+    def _declare_genai(self, r: CollectorRegistry) -> None:
+        """The OTel GenAI histograms."""
         self.token_usage = Histogram(
             "gen_ai_client_token_usage",
             "Number of input and output tokens used per request (OTel gen_ai.client.token.usage).",
@@ -149,6 +160,9 @@ class Metrics:
             buckets=TPOT_BUCKETS,
             registry=r,
         )
+
+    def _declare_governance(self, r: CollectorRegistry) -> None:
+        """quotagate's own per team and model: tokens, spend, requests, input parts, trimming, drift, overhead."""
         self.tokens = Counter(
             "quotagate_tokens",
             "Tokens billed, by type (cached_input is part of input, reasoning is part of output).",
@@ -183,6 +197,9 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
+
+    def _declare_ledger(self, r: CollectorRegistry) -> None:
+        """The ledger writer's queue and store write errors."""
         # Per process; a scrape sums the live workers' queues.
         self.ledger_queue_depth = Gauge(
             "quotagate_ledger_queue_depth",
@@ -198,13 +215,6 @@ class Metrics:
         )
         for cause in LEDGER_ERROR_CAUSES:
             self.ledger_write_errors.labels(cause)
-        # Budget state lives in the shared store: the scraping process reads it at scrape time (one store
-        # round trip, see Gateway.scrape), so the gauges never lag and no worker's stale value wins.
-        self._budgets = _BudgetCollector()
-        if self._multiproc_dir is None:
-            r.register(self._budgets)
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._preinitialise()
 
     def _preinitialise(self) -> None:
         """Known series start at 0 so rate() and absent-vs-zero behave from the first scrape."""
