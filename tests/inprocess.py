@@ -112,7 +112,7 @@ def config(upstream: str, store: str, down: str) -> dict[str, Any]:
                 "team": "search",
                 "name": "search-batch",
                 "key": KEYS["search-batch"],
-                "budgets": [{"window": "day", "tokens": 2500}],
+                "budgets": [{"window": "day", "tokens": 1500}],
             },
             {"team": "research", "name": "research", "key": KEYS["research"]},
             {"team": "interns", "name": "interns", "key": KEYS["interns"]},
@@ -197,6 +197,25 @@ def sse_reply(events: Callable[[Any], Sequence[Any]], *, done: bool = True, cut:
         return resp
 
     return reply
+
+
+def gated(gate: asyncio.Event, then: Reply) -> Reply:
+    """``then``, once ``gate`` is set: the request is in flight (its reservation held) until the test says."""
+
+    async def reply(request: web.Request, body: Any) -> web.StreamResponse:
+        await gate.wait()
+        return await then(request, body)
+
+    return reply
+
+
+async def arrived(provider: Provider, n: int) -> None:
+    """Until the provider has received ``n`` requests."""
+    for _ in range(500):
+        if len(provider.calls) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the provider got {len(provider.calls)} requests, not {n}")
 
 
 def hang(provider: Provider, *, after_headers: bool = False) -> Reply:
