@@ -21,6 +21,7 @@ from .count import Counter, Estimate
 from .errors import BudgetExceeded, ProxyError
 from .ids import ids
 from .parse import Endpoint, ParsedRequest
+from .precount import Precount
 from .pricing import Price, price_of
 from .reservations import LeaseMeta
 from .settings import ModelSettings, Settings, TeamSettings
@@ -69,11 +70,14 @@ class Refused(Exception):
 
 
 class Admitter:
-    def __init__(self, settings: Settings, keyring: KeyRing, counter: Counter, accountant: Accountant) -> None:
+    def __init__(
+        self, settings: Settings, keyring: KeyRing, counter: Counter, accountant: Accountant, precount: Precount
+    ) -> None:
         self._s = settings
         self._keyring = keyring
         self._counter = counter
         self._accountant = accountant
+        self._precount = precount
         self._prices: dict[str, Price] = {name: price_of(m) for name, m in settings.models.items()}
         self._ids = ids("qg-")
         self.objects: Ownership | None = None  # set by routes.Router, which serves what it records
@@ -170,7 +174,8 @@ class Admitter:
                 req, model=upstream if upstream != name or name != requested else None, cap=cap.send
             )
             price = self._prices[name]
-            worst_tokens, worst_usd = est.tokens + cap.worst_case, price.worst_case(est.tokens, cap.worst_case)
+            worst_tokens = est.tokens + cap.worst_case
+            worst_usd = price.worst_case(est.tokens, cap.worst_case, cache_writes=req.cache_writes)
             seed = _seed(req.body.get("seed"))
             meta = LeaseMeta(
                 arrival.request_id,
@@ -204,6 +209,8 @@ class Admitter:
         (the estimate of what is sent, and the tokens trimmed)."""
         protocol, enc = req.endpoint.protocol, model.encoding
         est = await protocol.count(self._counter, req, model=upstream, encoding=enc)
+        if protocol.precount_scaled:  # no public tokenizer: the learned bound of the local count
+            est = self._precount.bound(req.model, est)
         if req.unseen_input:
             est = est.with_unseen(policy.unseen_input_bound(team, model))
 

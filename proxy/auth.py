@@ -27,7 +27,7 @@ class Principal:
 # OpenAI's wording (conventions.md 1.1), which clients match on; then where quotagate keys come from.
 _MISSING = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using "
-    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or in an api-key header. Your quotagate admin "
+    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or in an api-key or x-api-key header. Your quotagate admin "
     "issues the keys (quotagate keys create)."
 )
 
@@ -37,12 +37,13 @@ def _masked(key: str) -> str:
 
 
 def key_from_headers(headers: list[tuple[bytes, bytes]]) -> str:
-    """The caller's key from raw ASGI headers: ``Authorization: Bearer`` or Azure-style ``api-key``."""
+    """The caller's key from raw ASGI headers: ``Authorization: Bearer``, Azure-style ``api-key`` or
+    Anthropic-style ``x-api-key``."""
     auth = api_key = None
     for k, v in headers:
         if k == b"authorization":
             auth = v.decode("latin-1")
-        elif k == b"api-key":
+        elif k == b"api-key" or k == b"x-api-key":
             api_key = v.decode("latin-1")
     return bearer(auth, api_key)
 
@@ -52,7 +53,7 @@ def bearer(authorization: str | None, api_key_header: str | None) -> str:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    if api_key_header:  # Azure-style clients send `api-key`
+    if api_key_header:  # Azure-style clients send `api-key`, Anthropic's `x-api-key`
         return api_key_header.strip()
     raise AuthenticationError(_MISSING)
 

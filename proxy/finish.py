@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import orjson
+
 from .admit import Admission
 from .forward import Relayed
 from .ledger import Ledger
 from .logs import request_finished
 from .metrics import Metrics, RequestOutcome
 from .outcomes import metric_outcome
+from .precount import Precount
 from .settings import Settings
 from .settle import Accountant
 from .store.base import LedgerRecord
@@ -35,8 +38,10 @@ class Finisher:
         ledger: Ledger,
         metrics: Metrics,
         spawn: Callable[[Awaitable[None]], None],
+        precount: Precount,
     ) -> None:
         self._s = settings
+        self._precount = precount
         self._accountant = accountant
         self._ledger = ledger
         self._metrics = metrics
@@ -52,6 +57,8 @@ class Finisher:
         cost = adm.price.cost(used) if charged and adm.price is not None else 0
         if not charged:
             used = _NOTHING
+        elif est is not None and est.local is not None and relayed.usage.input and not est.unseen:
+            self._precount.observe(adm.model, est.local, relayed.usage.input)  # how far off the local count was
         if self.objects is not None and relayed.object_id is not None:
             self._spawn(self.objects.created(adm.endpoint, relayed.object_id, adm.team, relayed.provider))
         self._spawn(self._settle_and_record(adm, relayed, used, cost, charged))
@@ -84,7 +91,7 @@ def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRe
         stream=adm.stream,
         status=r.status,
         outcome=r.outcome,
-        counted_input=est.tokens if est is not None else None,
+        counted_input=(est.tokens if est.local is None else est.local) if est is not None else None,
         counted_output=r.counted_output,
         input_tokens=r.usage.input,
         cached_input_tokens=r.usage.cached_input,
@@ -100,6 +107,9 @@ def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRe
         upstream_model=adm.upstream_model,
         error=r.error,
         charged=charged,
+        cache_write_5m_tokens=r.usage.cache_write_5m,
+        cache_write_1h_tokens=r.usage.cache_write_1h,
+        usage_raw=orjson.dumps(r.usage_raw).decode() if r.usage_raw is not None else None,
     )
 
 

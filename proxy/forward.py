@@ -13,7 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -42,6 +42,7 @@ class Relayed:
     error_type: str | None = None
     limit: str | None = None  # the refusing limit in a few words (log line only)
     usage: Usage = _UNSET  # as the provider reported it
+    usage_raw: Any = None  # the provider's usage object, as it came
     counted_output: int | None = None  # quotagate's count of the output, when the provider reported no usage
     upstream_s: float = 0.0  # waiting on providers (excluded from the proxy's overhead)
     ttft: float | None = None  # since arrival
@@ -173,6 +174,7 @@ class Forwarder:
             resp.status,
             time.perf_counter(),
             usage=usage,
+            usage_raw=protocol.raw_usage(obj),
             counted_output=counted,
             upstream_s=waited,
             fingerprint=fingerprint,
@@ -212,13 +214,16 @@ class Forwarder:
         finally:
             watch.close()
         waited = connected.upstream_s()
-        counted = None if tap.usage is not None else self._counter.text(tap.output_text(), encoding=out.model.encoding)
+        counted = None  # the output the provider did not report (a stream cut before its usage): counted
+        if tap.usage is None or tap.usage.output is None:
+            counted = self._counter.text(tap.output_text(), encoding=out.model.encoding)
         return Relayed(
             connected.provider,
             resp.status,
             time.perf_counter(),
             *_ending(err, left),
             usage=tap.usage or _UNSET,
+            usage_raw=tap.raw_usage,
             counted_output=counted,
             upstream_s=waited,
             ttft=ttft,

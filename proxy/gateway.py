@@ -29,6 +29,8 @@ from .ledger import Ledger, spill_dir
 from .limits import tag
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .precount import Precount
+from .protocols import ENDPOINTS
 from .reaper import Reaper
 from .reservations import Reservations
 from .settings import Settings
@@ -57,6 +59,7 @@ class Gateway:
     metrics: Metrics
     pipeline: Pipeline
     clock: Callable[[], float]
+    precount: Precount
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -84,6 +87,7 @@ class Gateway:
         for key in await _safe_list_keys(self.store):
             self.reaper.tags.add(tag(key.team))
         self.ledger.start()
+        await self.precount.load(self.store, _scaled_endpoints())
         # Everything built at boot (config, encodings, the count cache's tables) is permanent: keep it out of
         # the collector's way, and collect the young generation less often (a request allocates a few
         # hundred objects, nearly all short-lived).
@@ -123,6 +127,11 @@ class Gateway:
         return self.metrics.render()
 
 
+def _scaled_endpoints() -> frozenset[str]:
+    """Endpoints whose count is scaled by a learned pre-count factor (their ledger rows teach it)."""
+    return frozenset(e.name for e in ENDPOINTS.values() if e.protocol.precount_scaled)
+
+
 async def _safe_list_keys(store: Store) -> list[Any]:
     try:
         return await store.list_keys()
@@ -160,7 +169,8 @@ def build_gateway(
     def spawn(coro: Awaitable[None]) -> None:
         holder["gw"].spawn(coro)
 
-    pipeline = Pipeline(settings, keyring, counter, accountant, upstream, ledger, metrics, spawn)
+    precount = Precount(settings)
+    pipeline = Pipeline(settings, keyring, counter, accountant, upstream, ledger, metrics, spawn, precount)
     gw = holder["gw"] = Gateway(
         settings,
         store,
@@ -175,5 +185,6 @@ def build_gateway(
         metrics,
         pipeline,
         clock,
+        precount,
     )
     return gw

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the adapters build on this module
 class Endpoint:
     """One governed route, and the adapter of its wire protocol (proxy/protocols/) that the pipeline asks."""
 
-    name: str  # chat | completions | embeddings | responses | responses.compact
+    name: str  # chat | completions | embeddings | responses | responses.compact | messages
     path: str  # upstream path below the provider's base_url
     operation: str  # OpenTelemetry gen_ai.operation.name
     cap_fields: tuple[str, ...]  # output-cap fields, preferred first
@@ -57,6 +57,9 @@ class ParsedRequest:
     # Part of the input is out of sight: no prompt field at all, or context the provider stores
     # (previous_response_id, conversation, a stored prompt). It cannot be counted, only bounded.
     unseen_input: bool = False
+    # the request marks content for the provider's prompt cache (Anthropic `cache_control`): its input may
+    # be written to the cache, at a dearer rate than plain input
+    cache_writes: bool = False
     patched: bool = field(default=False)
 
     def set(self, key: str, value: Any) -> None:

@@ -27,6 +27,7 @@ from .forward import Forwarder, Relayed, answer_error
 from .ledger import Ledger
 from .metrics import Metrics
 from .parse import Endpoint
+from .precount import Precount
 from .settings import Settings
 from .settle import Accountant
 from .upstream import Upstream
@@ -46,9 +47,10 @@ class Pipeline:
         ledger: Ledger,
         metrics: Metrics,
         spawn: Callable[[Awaitable[None]], None],
+        precount: Precount,
     ) -> None:
-        self._admitter = Admitter(settings, keyring, counter, accountant)
-        self._finisher = Finisher(settings, accountant, ledger, metrics, spawn)
+        self._admitter = Admitter(settings, keyring, counter, accountant, precount)
+        self._finisher = Finisher(settings, accountant, ledger, metrics, spawn, precount)
         self._forwarder = Forwarder(settings, counter, accountant, upstream, self._finisher.attempt_failed)
 
     @property

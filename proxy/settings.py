@@ -36,9 +36,11 @@ class ProviderSettings(_Frozen):
     base_url: str = ""  # required, except for `kind: mock` (empty: the mock `quotagate serve` starts itself)
     api_key: str | None = None
     # "openai" covers every OpenAI-compatible server (vLLM, SGLang, Ollama, LiteLLM...); "azure" sends `api-key`;
-    # "mock" is quotagate's own mock upstream (proxy/mock_upstream.py)
-    kind: Literal["openai", "azure", "mock"] = "openai"
+    # "anthropic" sends `x-api-key` and `anthropic-version` (base_url: https://api.anthropic.com/v1);
+    # "mock" is quotagate's own mock upstream (proxy/mock/)
+    kind: Literal["openai", "azure", "anthropic", "mock"] = "openai"
     api_version: str | None = None  # azure classic deployments
+    anthropic_version: str = "2023-06-01"  # sent when the client sends none
     headers: dict[str, str] = Field(default_factory=dict)
     otel_name: str | None = None  # gen_ai.provider.name; defaults from kind and host
 
@@ -70,19 +72,35 @@ class PriceSettings(_Frozen):
     input: Decimal = Field(ge=0)
     cached_input: Decimal | None = Field(default=None, ge=0)
     output: Decimal = Field(ge=0)
+    # prompt-cache writes by lifetime (Anthropic); unset: charged at `input` and counted as unpriced
+    cache_write_5m: Decimal | None = Field(default=None, ge=0)
+    cache_write_1h: Decimal | None = Field(default=None, ge=0)
 
 
 class LongContextSettings(_Frozen):
     above: int = Field(gt=0)
     input: Decimal = Field(default=Decimal(1), ge=0)
     cached_input: Decimal = Field(default=Decimal(1), ge=0)
+    cache_write: Decimal = Field(default=Decimal(1), ge=0)
     output: Decimal = Field(default=Decimal(1), ge=0)
+
+
+class PrecountSettings(_Frozen):
+    """The pre-count bound of a model whose tokenizer is not public (proxy/precount.py): the local count
+    times ``factor`` until ``min_samples`` requests have been seen, then times the ``quantile`` of the
+    latest ``window`` ratios (provider count / local count) plus 2%, never below ``min_factor``."""
+
+    factor: float = Field(default=1.5, ge=1.0, le=10.0)
+    min_factor: float = Field(default=1.0, ge=0.5, le=10.0)
+    quantile: float = Field(default=0.99, gt=0.5, le=1.0)
+    window: int = Field(default=500, ge=10, le=100_000)
+    min_samples: int = Field(default=20, ge=1)
 
 
 ModelMode = Literal["chat", "completion", "embedding", "responses"]
 # the endpoints a model of each mode is served on (a chat model also answers the Responses API)
 MODE_ENDPOINTS: dict[str, frozenset[str]] = {
-    "chat": frozenset({"chat", "responses", "responses.compact"}),
+    "chat": frozenset({"chat", "responses", "responses.compact", "messages"}),
     "completion": frozenset({"completions"}),
     "embedding": frozenset({"embeddings"}),
     "responses": frozenset({"responses", "responses.compact"}),
@@ -102,6 +120,7 @@ class ModelSettings(_Frozen):
     max_output_tokens: int | None = Field(default=None, ge=0)
     price: PriceSettings | None = None
     long_context: LongContextSettings | None = None
+    precount: PrecountSettings | None = None  # for protocols counted without the model's tokenizer
 
 
 class BudgetSettings(_Frozen):
@@ -310,6 +329,9 @@ def _load_price_table(ref: str | None, base: Path) -> dict[str, Any]:
     return models
 
 
+_PRICE_FIELDS = ("input", "cached_input", "output", "cache_write_5m", "cache_write_1h")
+
+
 def _apply_price_table(raw: dict[str, Any], table: Mapping[str, Any]) -> None:
     """Fill each model's price, long-context tier and limits from the table, config values winning."""
     models = raw.get("models")
@@ -329,7 +351,7 @@ def _apply_price_table(raw: dict[str, Any], table: Mapping[str, Any]) -> None:
         if not isinstance(row, dict):
             continue
         if "price" not in entry:
-            entry["price"] = {k: row[k] for k in ("input", "cached_input", "output") if k in row}
+            entry["price"] = {k: row[k] for k in _PRICE_FIELDS if k in row}
         if "long_context" not in entry and "long_context" in row:
             entry["long_context"] = row["long_context"]
         for k in ("context_window", "max_output_tokens", "mode"):

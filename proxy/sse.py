@@ -38,7 +38,10 @@ class StreamTap:
     as one segment without being split; segments are only taken apart later, and only if the output has
     to be counted because no usage arrived."""
 
-    __slots__ = ("_buf", "_done", "_id_open", "_payloads", "_segments", "_strip", "fingerprint", "object_id", "usage")
+    __slots__ = (
+        "_buf", "_done", "_id_open", "_payloads", "_segments", "_strip",
+        "fingerprint", "object_id", "raw_usage", "usage",
+    )  # fmt: skip
 
     def __init__(self, *, strip_usage_chunk: bool) -> None:
         self._strip = strip_usage_chunk
@@ -47,6 +50,7 @@ class StreamTap:
         self._segments: list[bytes] = []  # complete events not yet read one by one
         self._done = False
         self.usage: Usage | None = None
+        self.raw_usage: Any = None  # OpenAI's usage holds nothing the normalised fields do not
         self.fingerprint: str | None = None
         self._id_open = True  # until the first event with a payload is read
         self.object_id: str | None = None  # the chunk's `id`, or a Responses event's `response.id`

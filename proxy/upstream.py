@@ -53,6 +53,23 @@ def transport_error(exc: BaseException, phase: Phase = "connect") -> ProxyError:
     return UpstreamUnreachable(f"{_BROKE[phase]}: {exc.__class__.__name__}.")
 
 
+def add_credentials(provider: ProviderSettings, headers: dict[str, str]) -> None:
+    """The provider's own headers and key, as its kind expects them (the client's were dropped): OpenAI's
+    bearer token, Azure's ``api-key``, Anthropic's ``x-api-key`` with ``anthropic-version`` unless the client
+    sent one (its ``anthropic-beta`` passes as sent)."""
+    headers.update(provider.headers)
+    if provider.kind == "anthropic":
+        headers.setdefault("anthropic-version", provider.anthropic_version)
+    if not provider.api_key:
+        return
+    if provider.kind == "azure":
+        headers["api-key"] = provider.api_key
+    elif provider.kind == "anthropic":
+        headers["x-api-key"] = provider.api_key
+    else:
+        headers["authorization"] = f"Bearer {provider.api_key}"
+
+
 class Upstream:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -100,12 +117,7 @@ class Upstream:
         headers["content-type"] = "application/json"
         headers["accept-encoding"] = "identity"
         headers.setdefault("x-request-id", request_id)
-        headers.update(provider.headers)
-        if provider.api_key:
-            if provider.kind == "azure":
-                headers["api-key"] = provider.api_key
-            else:
-                headers["authorization"] = f"Bearer {provider.api_key}"
+        add_credentials(provider, headers)
         try:
             return await self._session.post(self.url(provider, endpoint, upstream_model), data=body, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as e:

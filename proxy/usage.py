@@ -1,8 +1,9 @@
 """Token usage as reported by a provider or counted by quotagate.
 
 Unset is not zero: every field is ``int | None`` so "the provider did not say" stays distinguishable from
-"the provider said 0". ``cached_input`` is part of ``input`` and ``reasoning`` is part of ``output``
-(OpenAI semantics, conventions.md section 3).
+"the provider said 0". ``cached_input`` (read from the prompt cache) and the cache writes are part of
+``input``, and ``reasoning`` is part of ``output``: OpenAI's semantics (conventions.md section 3), into which
+other providers' usage is normalised here, one rule per provider (Anthropic: section 5.1).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ class Usage:
     cached_input: int | None = None
     output: int | None = None
     reasoning: int | None = None
+    # input written to the prompt cache (Anthropic), by lifetime: priced at their own rates
+    cache_write_5m: int | None = None
+    cache_write_1h: int | None = None
 
     @property
     def known(self) -> bool:
@@ -29,6 +33,8 @@ class Usage:
             cached_input=self.cached_input or 0,
             output=self.output if self.output is not None else counted_output,
             reasoning=self.reasoning or 0,
+            cache_write_5m=self.cache_write_5m or 0,
+            cache_write_1h=self.cache_write_1h or 0,
         )
 
     @property
@@ -67,4 +73,29 @@ def from_openai(usage: Any) -> Usage:
         cached_input=_int(p_details.get("cached_tokens")) if isinstance(p_details, dict) else None,
         output=completion,
         reasoning=reasoning,
+    )
+
+
+def from_anthropic(usage: Any) -> Usage:
+    """Anthropic's ``usage`` (a Messages response, or a stream's ``message_start`` usage merged with its
+    last ``message_delta``, whose fields are running totals): ``input_tokens`` excludes the cache, so the
+    input is ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``; the cache writes are
+    split by lifetime from ``cache_creation`` (5 minutes when it gives no split: the API's default)."""
+    if not isinstance(usage, dict):
+        return Usage()
+    fresh = _int(usage.get("input_tokens"))
+    read = _int(usage.get("cache_read_input_tokens")) or 0
+    created = _int(usage.get("cache_creation_input_tokens")) or 0
+    split = usage.get("cache_creation")
+    w1h = (_int(split.get("ephemeral_1h_input_tokens")) or 0) if isinstance(split, dict) else 0
+    w5m = (_int(split.get("ephemeral_5m_input_tokens")) or 0) if isinstance(split, dict) else created
+    w5m += max(created - w5m - w1h, 0)  # a total above its split: the rest at the default lifetime
+    details = usage.get("output_tokens_details")
+    return Usage(
+        input=None if fresh is None else fresh + read + w5m + w1h,
+        cached_input=read,
+        output=_int(usage.get("output_tokens")),
+        reasoning=_int(details.get("thinking_tokens")) if isinstance(details, dict) else None,
+        cache_write_5m=w5m,
+        cache_write_1h=w1h,
     )

@@ -12,6 +12,7 @@ import orjson
 
 from proxy.encodings import EncodingUnavailable, encoding_name_for_model, get_encoding
 
+from . import anthropic
 from .cache import LRU, CacheStats, Slot
 from .context import Counted, Ctx, dumps
 from .images import image_profile_for_model
@@ -41,11 +42,12 @@ class Estimate:
     exact: bool  # False when the tokenizer is unknown or some part (image, audio, file...) was guessed
     parts: Parts
     unseen: int = 0  # reserved for input quotagate cannot see (stored context); in tokens, in no part
+    local: int | None = None  # the count before a pre-count factor scaled it up (proxy/precount.py)
 
     def with_unseen(self, bound: int) -> Estimate:
         """Part of the input is out of sight: reserve up to ``bound`` input tokens in all, inexact."""
         unseen = max(bound - self.tokens, 0)
-        return Estimate(self.tokens + unseen, False, self.parts, self.unseen + unseen)
+        return Estimate(self.tokens + unseen, False, self.parts, self.unseen + unseen, self.local)
 
 
 def _resolve(model: str, encoding: str | None) -> tuple[str, bool]:
@@ -100,6 +102,12 @@ class Counter:
         ctx, slots = self._plan_responses(input, instructions, tools, model, encoding)
         return self._finish(ctx, slots)
 
+    def anthropic(self, system: Any, messages: Any, tools: Any, *, model: str, encoding: str | None) -> Estimate:
+        """An Anthropic Messages request (``proxy.count.anthropic``): always inexact (no public tokenizer)."""
+        ctx, slots = self._plan_anthropic(system, messages, tools, model, encoding)
+        est = self._finish(ctx, slots, primer=0)
+        return Estimate(est.tokens, False, est.parts)
+
     def completion(self, prompt: Any, *, model: str, encoding: str | None) -> Estimate:
         ctx = self._ctx(model, encoding)
         tokens, exact = self._plain(ctx, prompt)
@@ -134,6 +142,14 @@ class Counter:
             return await asyncio.to_thread(self._finish, ctx, slots)
         return self._finish(ctx, slots)
 
+    async def aanthropic(self, system: Any, messages: Any, tools: Any, *, model: str, encoding: str | None) -> Estimate:
+        ctx, slots = self._plan_anthropic(system, messages, tools, model, encoding)
+        if sum(s.size for s in slots if s.value is None) > THREAD_THRESHOLD_CHARS:
+            est = await asyncio.to_thread(self._finish, ctx, slots, 0)
+        else:
+            est = self._finish(ctx, slots, primer=0)
+        return Estimate(est.tokens, False, est.parts)
+
     async def acompletion(self, prompt: Any, *, model: str, encoding: str | None) -> Estimate:
         if _plain_size(prompt) > THREAD_THRESHOLD_CHARS:
             return await asyncio.to_thread(self.completion, prompt, model=model, encoding=encoding)
@@ -167,9 +183,9 @@ class Counter:
             and isinstance(obj.get("name", ""), str)
         ):
             # Plain text message: a tuple of the strings themselves, no serialisation; shared by
-            # chat and responses (the rule is the same for both).
+            # chat and responses (the rule is the same for both), not with Anthropic's (its own rule).
             role, content, name = obj["role"], obj["content"], obj.get("name")
-            key = ("m", ctx.enc_name, role, name, content)
+            key = ("am" if tag == "a" else "m", ctx.enc_name, role, name, content)
             size = len(content) + len(role) + len(name or "")
         else:
             try:
@@ -213,8 +229,26 @@ class Counter:
         self._cache.lookup(slots)
         return ctx, slots
 
-    def _finish(self, ctx: Ctx, slots: list[Slot]) -> Estimate:
-        sums = {"system": 0, "tools": 0, "history": 0, "new": REPLY_PRIMER}
+    def _plan_anthropic(
+        self, system: Any, messages: Any, tools: Any, model: str, encoding: str | None
+    ) -> tuple[Ctx, list[Slot]]:
+        ctx = self._ctx(model, encoding)
+        if not isinstance(messages, list):
+            messages = [] if messages is None else [messages]
+        buckets = _buckets_for([_role(m) for m in messages])
+        slots = [
+            self._slot(ctx, bucket, "a", m, anthropic.count_message)
+            for bucket, m in zip(buckets, messages, strict=True)
+        ]
+        if system is not None:
+            slots.insert(0, self._slot(ctx, "system", "as", system, anthropic.count_system))
+        if tools is not None and tools != []:
+            slots.append(self._slot(ctx, "tools", "at", tools, anthropic.count_tools))
+        self._cache.lookup(slots)
+        return ctx, slots
+
+    def _finish(self, ctx: Ctx, slots: list[Slot], primer: int = REPLY_PRIMER) -> Estimate:
+        sums = {"system": 0, "tools": 0, "history": 0, "new": primer}
         exact = ctx.known
         for slot in slots:
             value = slot.value

@@ -10,7 +10,7 @@ import orjson
 
 from ..asgi import Receive, Scope, Send, read_body, respond
 from ..auth import KeyRing, key_from_headers
-from ..errors import ProxyError, render
+from ..errors import ProxyError
 from ..ids import ids
 from ..ledger import Ledger
 from ..metrics import Metrics
@@ -79,7 +79,7 @@ class StatefulRoutes:
         except ProxyError as err:
             done = Relayed(err.status, done.upstream_s, err)
         if done.error is not None and not done.streamed:
-            status, headers, body = render(done.error)
+            status, headers, body = route.render(done.error)
             await respond(send, status, headers, body, rid)
         served = Served(route, rid, ts, time.perf_counter() - t0, team, key_name, target, done)
         self._ledger.append(ledger_record(served))

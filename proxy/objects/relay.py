@@ -15,12 +15,14 @@ from ..asgi import Receive, Scope, Send, relayed_headers, respond
 from ..errors import ProxyError, normalise_upstream_error, sse_error
 from ..settings import ProviderSettings, Settings
 from ..sse import object_id_of
-from ..upstream import transport_error
+from ..upstream import add_credentials, transport_error
 from .ownership import Ownership
 from .target import Target
 
 # Client headers these endpoints pass on (nothing else: there is no body to govern, only ids to guard).
-_PASSED = frozenset({b"accept", b"openai-beta", b"user-agent", b"x-request-id"})
+_PASSED = frozenset(
+    {b"accept", b"openai-beta", b"user-agent", b"x-request-id", b"anthropic-version", b"anthropic-beta"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +63,7 @@ class Relay:
         headers["accept-encoding"] = "identity"
         if body is not None:
             headers["content-type"] = "application/json"
-        headers.update(provider.headers)
-        if provider.api_key and provider.kind == "azure":
-            headers["api-key"] = provider.api_key
-        elif provider.api_key:
-            headers["authorization"] = f"Bearer {provider.api_key}"
+        add_credentials(provider, headers)
         try:
             return await self._session.request(method, _url(provider, path), data=body, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as e:

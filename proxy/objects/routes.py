@@ -3,9 +3,11 @@ what follows the id."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import NotFound
+from ..errors import NotFound, ProxyError, render
+from ..protocols.anthropic_messages import MESSAGES
 
 RESPONSE = "response"
 COMPLETION = "chat.completion"
@@ -21,6 +23,8 @@ class Route:
     method: str
     kind: str | None = None  # the kind of object whose id the path names
     suffix: str = ""  # what follows the id, here and upstream; a trailing "/*" is one more path segment
+    # its errors in the shape of its wire protocol (OpenAI's, unless the route is another protocol's)
+    render: Callable[[ProxyError], tuple[int, dict[str, str], bytes]] = render
 
 
 ROUTES = (
@@ -45,7 +49,9 @@ CHAT_LIST = Route("chat.list", "GET")
 CONVERSATION_CREATE = Route("conversations.create", "POST")
 MODEL = Route("models.get", "GET")
 MODEL_DELETE = Route("models.delete", "DELETE")
+COUNT_TOKENS = Route("messages.count_tokens", "POST", render=MESSAGES.protocol.render)  # Anthropic's
 _FIXED = {
+    ("POST", "/v1/messages/count_tokens"): COUNT_TOKENS,
     ("POST", "/v1/responses/input_tokens"): INPUT_TOKENS,
     ("GET", "/v1/chat/completions"): CHAT_LIST,
     ("POST", "/v1/conversations"): CONVERSATION_CREATE,

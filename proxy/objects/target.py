@@ -4,6 +4,7 @@ the object its path names, the model it names, or the team's home provider; 404 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -14,7 +15,7 @@ from ..errors import InvalidJSON, InvalidRequest
 from ..settings import Settings
 from ..store.base import ObjectRecord
 from .ownership import Ownership
-from .routes import CONVERSATION, CONVERSATION_CREATE, MODEL_DELETE, UPSTREAM, Route, not_found
+from .routes import CONVERSATION, CONVERSATION_CREATE, COUNT_TOKENS, MODEL_DELETE, UPSTREAM, Route, not_found
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,8 @@ class Targets:
             return Target(model.provider, arg, f"/models/{quote(model.upstream_model or arg, safe=':')}")
         if route is CONVERSATION_CREATE:
             return Target(self._home(team), "", f"/conversations{query}", body, creates=CONVERSATION, team=team)
+        if route is COUNT_TOKENS:
+            return self._count_tokens(team, raw)
         return await self._input_tokens(team, raw)
 
     def model(self, team: str, name: str) -> Target:
@@ -77,13 +80,21 @@ class Targets:
             raise InvalidRequest("This team may use no model, so no provider keeps its conversations.")
         return providers[0]
 
+    def _count_tokens(self, team: str, raw: bytes) -> Target:
+        """POST /v1/messages/count_tokens (Anthropic): for a model the team may use, under the provider's name;
+        free, so not budgeted (the provider rate-limits it on its own)."""
+        body = _object(raw)
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("model: Field required", param="model")
+        model = policy.check_model(self._s, self._s.teams.get(team), name)
+        if model.upstream_model and model.upstream_model != name:
+            body["model"] = model.upstream_model
+            raw = orjson.dumps(body)
+        return Target(model.provider, name, "/messages/count_tokens", raw)
+
     async def _input_tokens(self, team: str, raw: bytes) -> Target:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise InvalidJSON("We could not parse the JSON body of your request.") from None
-        if not isinstance(body, dict):
-            raise InvalidJSON("The request body must be a JSON object.")
+        body = _object(raw)
         previous = await self._ownership.check_body(team, body)
         name = body.get("model")
         if isinstance(name, str) and name:
@@ -95,3 +106,13 @@ class Targets:
         if previous is not None:  # the model of the conversation so far
             return Target(previous.provider, "", "/responses/input_tokens", raw)
         raise InvalidRequest("you must provide a model parameter", param="model")
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidJSON("We could not parse the JSON body of your request.") from None
+    if not isinstance(body, dict):
+        raise InvalidJSON("The request body must be a JSON object.")
+    return body

@@ -8,7 +8,7 @@ module here (an ``Adapter`` subclass and its endpoints in a ``ROUTES`` dict) and
 from __future__ import annotations
 
 from ..parse import Endpoint
-from . import openai_chat, openai_completions, openai_embeddings, openai_responses
+from . import anthropic_messages, openai_chat, openai_completions, openai_embeddings, openai_responses
 from .base import Adapter
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -16,6 +16,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     **openai_completions.ROUTES,
     **openai_embeddings.ROUTES,
     **openai_responses.ROUTES,
+    **anthropic_messages.ROUTES,
 }
 
 __all__ = ["ENDPOINTS", "Adapter", "Endpoint"]

@@ -30,6 +30,7 @@ class Tap(Protocol):
     """Reads a response stream as it passes (``proxy.sse.StreamTap`` for the OpenAI protocols)."""
 
     usage: Usage | None
+    raw_usage: Any  # the provider's usage as streamed, where the ledger keeps it (see Adapter.raw_usage)
     fingerprint: str | None
     object_id: str | None
 
@@ -39,6 +40,10 @@ class Tap(Protocol):
 
 
 class Adapter(ABC):
+    # the local count is an approximation of a tokenizer that is not public: the pipeline scales it by the
+    # model's pre-count factor (proxy/precount.py) before the context cap and the reservation
+    precount_scaled = False
+
     @abstractmethod
     def parse(self, endpoint: Endpoint, raw: bytes) -> ParsedRequest: ...
 
@@ -72,6 +77,11 @@ class Adapter(ABC):
     @abstractmethod
     def output_text(self, answer: Any) -> str:
         """Generated text of a parsed answer, counted when the provider reports no usage."""
+
+    def raw_usage(self, answer: Any) -> Any:
+        """The provider's own usage object in a parsed answer, kept in the ledger as it came where it holds
+        more than the normalised fields (None: it does not)."""
+        return None
 
     def object_id(self, answer: Any) -> str | None:
         """The id of the object a parsed answer describes."""

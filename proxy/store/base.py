@@ -111,7 +111,7 @@ class LedgerRecord:
     stream: bool
     status: int  # HTTP status returned to the client (0 = client gone before any status)
     outcome: str  # a proxy.outcomes.Outcome (a str here: rows written by other versions read back as they are)
-    counted_input: int | None  # quotagate's own pre-count
+    counted_input: int | None  # quotagate's own pre-count (before a pre-count factor, proxy/precount.py)
     counted_output: int | None  # quotagate's count of the streamed/returned output
     input_tokens: int | None  # provider-reported (None = not reported)
     cached_input_tokens: int | None
@@ -128,6 +128,10 @@ class LedgerRecord:
     error: str | None = None
     charged: bool = True  # the request reached the provider and was billed; usage reports add only these
     version: int = 1
+    # part of input_tokens written to the provider's prompt cache, by lifetime (Anthropic)
+    cache_write_5m_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    usage_raw: str | None = None  # the provider's usage object, JSON as it came
 
 
 @dataclass(frozen=True, slots=True)

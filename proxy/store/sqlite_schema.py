@@ -6,7 +6,8 @@ import sqlite3
 
 from proxy.store import sqlite_ledger
 
-SCHEMA_VERSION = 1
+# 2: the ledger's cache-write and raw-usage columns (added in place to a version 1 file)
+SCHEMA_VERSION = 2
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -45,3 +46,14 @@ def create_schema(con: sqlite3.Connection) -> None:
         con.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
     elif row[0] > SCHEMA_VERSION:
         raise RuntimeError(f"SQLite store schema version {row[0]} is newer than this quotagate ({SCHEMA_VERSION})")
+    elif row[0] < SCHEMA_VERSION:
+        _migrate(con)
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """An older file: the ledger columns it lacks are added (NULL in its rows), then its version is raised."""
+    have = {r[1] for r in con.execute("PRAGMA table_info(ledger)")}
+    for column in sqlite_ledger.COLUMNS:
+        if column not in have:
+            con.execute(f"ALTER TABLE ledger ADD COLUMN {column}")
+    con.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
