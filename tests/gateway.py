@@ -86,14 +86,14 @@ def wait_ready(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if popen.poll() is not None:
-            raise RuntimeError(f"{popen.args} exited with {popen.returncode}; log: {log()}")
+            raise RuntimeError(f"{popen.args!r} exited with {popen.returncode}; log: {log()}")
         try:
             if httpx.get(url, timeout=0.5).status_code < ok:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"{popen.args} did not become ready at {url}; log: {log()}")
+    raise RuntimeError(f"{popen.args!r} did not become ready at {url}; log: {log()}")
 
 
 def start_mock(tmp: Path, *extra: str, port: int | None = None) -> Proc:

@@ -86,15 +86,15 @@ def day(gw: Proc, team: str) -> dict[str, Any]:
     return dict(row)
 
 
-def wait_until(check: Callable[[], _T], timeout: float = 10.0, every: float = 0.05) -> _T:
+def wait_until(check: Callable[[], _T | None], timeout: float = 10.0, every: float = 0.05) -> _T:
     """Poll until ``check()`` returns a truthy value (which is returned); fail with the last value."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: _T | None = None
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             last = check()
             if last:
-                return last  # type: ignore[no-any-return]
+                return last
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
 
