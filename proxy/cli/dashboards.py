@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -26,22 +27,51 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     board_dir = out / "grafana" / "dashboards"
     prov = out / "grafana" / "provisioning"
+    boards = _copy(src, out, board_dir, prov)
+    prom_url = f"http://127.0.0.1:{args.prometheus_port}"
+    header = "# written by `quotagate dashboards`\n"
+    written = {
+        out / "prometheus.yml": _prometheus(out, targets, args.prometheus_port),
+        prov / "datasources" / "quotagate.yml": _datasource(prom_url),
+        prov / "dashboards" / "quotagate.yml": _provider(board_dir),
+    }
+    for path, config in written.items():
+        path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    print(f"wrote {out}/prometheus.yml (scrapes {', '.join(targets)}; alert rules {out}/alerts.yml)")
+    print(f"wrote {prov}/ (datasource {prom_url}; {len(boards)} dashboards in {board_dir})")
+    print("run:")
+    print(
+        f"  prometheus --config.file={out}/prometheus.yml --storage.tsdb.path={out}/prometheus-data "
+        f"--web.listen-address=127.0.0.1:{args.prometheus_port}"
+    )
+    print(f"  GF_PATHS_PROVISIONING={prov} grafana-server --homepath /usr/share/grafana   # then http://127.0.0.1:3000")
+    return 0
+
+
+def _copy(src: Path, out: Path, board_dir: Path, prov: Path) -> list[Path]:
+    """Make the directories and copy in the alert rules and the dashboards (returned)."""
     for d in (board_dir, prov / "datasources", prov / "dashboards"):
         d.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / "alerts.yml", out / "alerts.yml")
     boards = sorted(src.glob("*.json"))
     for board in boards:
         shutil.copyfile(board, board_dir / board.name)
-    prom_url = f"http://127.0.0.1:{args.prometheus_port}"
-    prometheus = {
+    return boards
+
+
+def _prometheus(out: Path, targets: list[str], port: int) -> dict[str, Any]:
+    return {
         "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
         "rule_files": [str(out / "alerts.yml")],
         "scrape_configs": [
             {"job_name": "quotagate", "metrics_path": "/metrics", "static_configs": [{"targets": targets}]},
-            {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{args.prometheus_port}"]}]},
+            {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]},
         ],
     }
-    datasource = {
+
+
+def _datasource(prom_url: str) -> dict[str, Any]:
+    return {
         "apiVersion": 1,
         "datasources": [
             {
@@ -56,7 +86,10 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
             }
         ],
     }
-    provider = {
+
+
+def _provider(board_dir: Path) -> dict[str, Any]:
+    return {
         "apiVersion": 1,
         "providers": [
             {
@@ -69,19 +102,6 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
             }
         ],
     }
-    header = "# written by `quotagate dashboards`\n"
-    (out / "prometheus.yml").write_text(header + yaml.safe_dump(prometheus, sort_keys=False))
-    (prov / "datasources" / "quotagate.yml").write_text(header + yaml.safe_dump(datasource, sort_keys=False))
-    (prov / "dashboards" / "quotagate.yml").write_text(header + yaml.safe_dump(provider, sort_keys=False))
-    print(f"wrote {out}/prometheus.yml (scrapes {', '.join(targets)}; alert rules {out}/alerts.yml)")
-    print(f"wrote {prov}/ (datasource {prom_url}; {len(boards)} dashboards in {board_dir})")
-    print("run:")
-    print(
-        f"  prometheus --config.file={out}/prometheus.yml --storage.tsdb.path={out}/prometheus-data "
-        f"--web.listen-address=127.0.0.1:{args.prometheus_port}"
-    )
-    print(f"  GF_PATHS_PROVISIONING={prov} grafana-server --homepath /usr/share/grafana   # then http://127.0.0.1:3000")
-    return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
