@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.gateway import Proc, base_config, free_port, start_gateway, start_mock
 
@@ -30,7 +31,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp: Path = tmp_path_factory.mktemp("errors")
     mock = start_mock(tmp)
     # warm the mock's tokenizers first: the first request loads them, which can outlast the 0.5 s timeout
-    for path, body in [("/v1/chat/completions", {"messages": MESSAGES}), ("/v1/responses", {"input": "x"})]:
+    warmups: list[tuple[str, dict[str, Any]]] = [
+        ("/v1/chat/completions", {"messages": MESSAGES}),
+        ("/v1/responses", {"input": "x"}),
+    ]
+    for path, body in warmups:
         httpx.post(mock.url + path, json={"model": "gpt-4o-mini", **body}, timeout=30).raise_for_status()
     cfg = base_config(mock.url, f"sqlite:///{tmp}/qg.db", max_body_bytes=MAX_BODY, upstream_timeout_s=0.5)
     # a provider nobody listens on: free_port() returns a port that was just closed
@@ -65,7 +70,7 @@ def assert_openai_error(resp: httpx.Response, status: int, code: str | None) -> 
     assert resp.headers["content-type"] == "application/json"
     body = resp.json()
     assert set(body) == {"error"}
-    err = body["error"]
+    err: dict[str, Any] = body["error"]
     assert set(err) == {"message", "type", "param", "code"}  # all four keys, always
     assert isinstance(err["message"], str) and err["message"]
     assert isinstance(err["type"], str) and err["type"]
@@ -128,7 +133,7 @@ def test_missing_required_fields_are_bad_request(env: Env) -> None:
 
 
 def test_body_over_max_body_bytes_is_413(env: Env) -> None:
-    big = [{"role": "user", "content": "x" * (MAX_BODY + 100)}]
+    big: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * (MAX_BODY + 100)}]
     with pytest.raises(openai.APIStatusError) as e:
         client(env).chat.completions.create(model="gpt-4o-mini", messages=big)
     assert e.value.status_code == 413 and e.value.code == "request_too_large"
@@ -211,7 +216,7 @@ def test_responses_in_band_error_event_is_yielded(env: Env) -> None:
         )
     )
     assert events[-1].type == "error"
-    assert events[-1].code == "server_error"  # type: ignore[union-attr]
+    assert events[-1].code == "server_error"
 
 
 @pytest.mark.parametrize("use_usage", [False, True])

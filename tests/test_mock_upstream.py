@@ -9,7 +9,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -17,18 +17,23 @@ import httpx
 import openai
 import pytest
 from openai.types import Completion, CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessageParam,
+    ChatCompletionToolUnionParam,
+)
 from openai.types.responses import Response
 
 from proxy.count import Counter
 from proxy.encodings import get_encoding
 from proxy.mock_upstream import MockConfig, MockServer, output_pieces, output_text, start
 
-MESSAGES = [
+MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Name three colours of the rainbow, please.", "name": "alice"},
 ]
-WEATHER = {
+WEATHER: ChatCompletionToolUnionParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -44,7 +49,7 @@ WEATHER = {
         },
     },
 }
-CLOCK = {
+CLOCK: ChatCompletionToolUnionParam = {
     "type": "function",
     "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
 }
@@ -82,7 +87,7 @@ def client(mock: ThreadedMock) -> Iterator[openai.OpenAI]:
 
 
 @pytest.fixture
-async def aclient(mock: ThreadedMock) -> Any:
+async def aclient(mock: ThreadedMock) -> AsyncIterator[openai.AsyncOpenAI]:
     async with openai.AsyncOpenAI(base_url=mock.url, api_key="sk-client", max_retries=0) as c:
         yield c
 
@@ -117,7 +122,7 @@ def test_output_text_is_exactly_n_tokens(encoding: str) -> None:
 
 
 def test_chat_non_stream_sync(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, seed=7)  # type: ignore[arg-type]
+    r = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, seed=7)
     assert r.model == "gpt-4o-mini" and r.id.startswith("chatcmpl-") and r.created > 0
     assert r.system_fingerprint == "fp_mock7"
     choice = r.choices[0]
@@ -145,11 +150,11 @@ def test_chat_shapes_validate_strictly(mock: ThreadedMock) -> None:
 
 
 def test_chat_caps_and_overrides(client: openai.OpenAI, mock: ThreadedMock) -> None:
-    r = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=5)  # type: ignore[arg-type]
+    r = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=5)
     assert r.choices[0].message.content == output_text(5) and r.choices[0].finish_reason == "length"
     r = client.chat.completions.create(
         model="o3-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         max_completion_tokens=40,
         extra_body={"mock": {"output_tokens": 30}},
     )
@@ -157,7 +162,7 @@ def test_chat_caps_and_overrides(client: openai.OpenAI, mock: ThreadedMock) -> N
     assert r.usage and r.usage.completion_tokens == 30
     r = client.chat.completions.create(
         model="gpt-4o",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         max_completion_tokens=4,
         extra_headers={"x-mock-output-tokens": "30"},
     )
@@ -167,7 +172,7 @@ def test_chat_caps_and_overrides(client: openai.OpenAI, mock: ThreadedMock) -> N
 async def test_chat_stream_with_usage_async(aclient: openai.AsyncOpenAI) -> None:
     stream = await aclient.chat.completions.create(
         model="gpt-4o",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         stream=True,
         stream_options={"include_usage": True},
         extra_body={"mock": {"output_tokens": 6}},
@@ -201,7 +206,7 @@ def test_chat_stream_raw_usage_null_and_done(mock: ThreadedMock) -> None:
 
 
 def test_chat_stream_without_include_usage_has_no_usage(client: openai.OpenAI, mock: ThreadedMock) -> None:
-    stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+    stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == output_text(16)
     assert all(c.usage is None and c.choices for c in chunks)
@@ -213,14 +218,14 @@ def test_stream_options_without_stream_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
             model="gpt-4o",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             stream_options={"include_usage": True},
         )
     assert info.value.param == "stream_options" and info.value.type == "invalid_request_error"
 
 
 def test_chat_tools_non_stream(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, tools=[WEATHER, CLOCK])  # type: ignore[arg-type, list-item]
+    r = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, tools=[WEATHER, CLOCK])
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     calls = choice.message.tool_calls
@@ -235,17 +240,19 @@ def test_chat_tools_non_stream(client: openai.OpenAI) -> None:
 
     named = client.chat.completions.create(
         model="gpt-4o",
-        messages=MESSAGES,  # type: ignore[arg-type]
-        tools=[WEATHER, CLOCK],  # type: ignore[list-item]
+        messages=MESSAGES,
+        tools=[WEATHER, CLOCK],
         tool_choice={"type": "function", "function": {"name": "get_time"}},
     )
-    assert named.choices[0].message.tool_calls[0].function.name == "get_time"  # type: ignore[index, union-attr]
-    assert named.choices[0].message.tool_calls[0].function.arguments == "{}"  # type: ignore[index, union-attr]
+    named_calls = named.choices[0].message.tool_calls
+    assert named_calls is not None and named_calls[0].type == "function"
+    assert named_calls[0].function.name == "get_time"
+    assert named_calls[0].function.arguments == "{}"
 
     none = client.chat.completions.create(
         model="gpt-4o",
-        messages=MESSAGES,  # type: ignore[arg-type]
-        tools=[WEATHER],  # type: ignore[list-item]
+        messages=MESSAGES,
+        tools=[WEATHER],
         tool_choice="none",
     )
     assert none.choices[0].message.content == output_text(16) and none.choices[0].message.tool_calls is None
@@ -254,8 +261,8 @@ def test_chat_tools_non_stream(client: openai.OpenAI) -> None:
 async def test_chat_tools_stream_async(aclient: openai.AsyncOpenAI) -> None:
     stream = await aclient.chat.completions.create(
         model="gpt-4o",
-        messages=MESSAGES,  # type: ignore[arg-type]
-        tools=[WEATHER],  # type: ignore[list-item]
+        messages=MESSAGES,
+        tools=[WEATHER],
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -408,12 +415,12 @@ def test_status_text_shape_and_headers(mock: ThreadedMock, client: openai.OpenAI
     assert raw.status_code == 503 and raw.headers["content-type"].startswith("text/plain")
     assert "503" in raw.text
     with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"status": 500}})  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"status": 500}})
     with pytest.raises(openai.RateLimitError) as info:
         client.responses.create(model="gpt-4o", input="x", extra_headers={"x-mock-status": "429"})
     assert info.value.code == "rate_limit_exceeded"
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"nope": 1}})  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"nope": 1}})
 
 
 def test_cut_after_breaks_the_stream(client: openai.OpenAI) -> None:
@@ -421,7 +428,7 @@ def test_cut_after_breaks_the_stream(client: openai.OpenAI) -> None:
     with pytest.raises(openai.APIConnectionError):
         stream = client.chat.completions.create(
             model="gpt-4o",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             stream=True,
             stream_options={"include_usage": True},
             extra_body={"mock": {"cut_after": 3}},
@@ -449,7 +456,7 @@ async def test_error_after_sends_in_band_error(aclient: openai.AsyncOpenAI, mock
     with pytest.raises(openai.APIError) as info:
         stream = await aclient.chat.completions.create(
             model="gpt-4o",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             stream=True,
             extra_body={"mock": {"error_after": 2}},
         )
@@ -470,19 +477,19 @@ async def test_error_after_sends_in_band_error(aclient: openai.AsyncOpenAI, mock
 
 def test_delay_s(client: openai.OpenAI) -> None:
     t0 = time.perf_counter()
-    client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"delay_s": 0.2}})  # type: ignore[arg-type]
+    client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"delay_s": 0.2}})
     assert time.perf_counter() - t0 >= 0.2
     with pytest.raises(openai.APITimeoutError):
         client.chat.completions.create(
             model="gpt-4o",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             timeout=0.1,
             extra_headers={"x-mock-delay-s": "0.5"},
         )
 
 
 def test_no_usage_and_usage_details(client: openai.OpenAI, mock: ThreadedMock) -> None:
-    r = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"no_usage": True}})  # type: ignore[arg-type]
+    r = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"mock": {"no_usage": True}})
     assert r.usage is None
     raw = raw_post(
         mock,
@@ -495,7 +502,7 @@ def test_no_usage_and_usage_details(client: openai.OpenAI, mock: ThreadedMock) -
 
     r = client.chat.completions.create(
         model="gpt-4o",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         extra_body={"mock": {"cached_tokens": 5, "reasoning_tokens": 10, "output_tokens": 4}},
     )
     assert r.choices[0].message.content == output_text(4)
@@ -513,7 +520,7 @@ def test_requests_are_recorded(client: openai.OpenAI, mock: ThreadedMock) -> Non
     httpx.delete(f"{mock.root}/_mock/requests")
     client.chat.completions.create(
         model="gpt-4o",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         extra_body={"mock": {"output_tokens": 1}},
         extra_headers={"X-Custom": "yes"},
     )
@@ -546,7 +553,7 @@ async def test_api_key_enforced() -> None:
     try:
         async with openai.AsyncOpenAI(base_url=server.url, api_key="sk-wrong-key", max_retries=0) as bad:
             with pytest.raises(openai.AuthenticationError) as info:
-                await bad.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+                await bad.chat.completions.create(model="gpt-4o", messages=MESSAGES)
             assert info.value.code == "invalid_api_key" and "sk-provider" not in info.value.message
         async with aiohttp.ClientSession() as session:
             async with session.post(f"{server.url}/embeddings", json={"model": "m", "input": "x"}) as resp:
@@ -555,7 +562,7 @@ async def test_api_key_enforced() -> None:
             async with session.get(f"{server.url.removesuffix('/v1')}/_mock/requests") as resp:
                 assert len(await resp.json()) == 2  # rejected requests are recorded too
         async with openai.AsyncOpenAI(base_url=server.url, api_key="sk-provider", max_retries=0) as good:
-            r = await good.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+            r = await good.chat.completions.create(model="gpt-4o", messages=MESSAGES)
             assert r.choices[0].message.content == output_text(16)
     finally:
         await server.close()
@@ -565,11 +572,13 @@ async def test_latency_model() -> None:
     server = await start(config=MockConfig(base_ttft_s=0.05, ttft_per_1k_input_s=1.0, tpot_s=0.02))
     try:
         async with openai.AsyncOpenAI(base_url=server.url, api_key="k", max_retries=0) as c:
-            long_messages = [{"role": "user", "content": "word " * 100}]  # ~100 tokens -> +0.1 s
+            long_messages: list[ChatCompletionMessageParam] = [
+                {"role": "user", "content": "word " * 100}
+            ]  # ~100 tokens -> +0.1 s
             t0 = time.perf_counter()
             stream = await c.chat.completions.create(
                 model="gpt-4o",
-                messages=long_messages,  # type: ignore[arg-type]
+                messages=long_messages,
                 stream=True,
                 extra_body={"mock": {"output_tokens": 5}},
             )
@@ -582,7 +591,7 @@ async def test_latency_model() -> None:
             t0 = time.perf_counter()
             await c.chat.completions.create(
                 model="gpt-4o",
-                messages=MESSAGES,  # type: ignore[arg-type]
+                messages=MESSAGES,
                 extra_body={"mock": {"output_tokens": 5, "tpot_s": 0.04}},
             )
             assert time.perf_counter() - t0 >= 0.05 + 0.2

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.responses.response_create_params import Conversation
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.sse import StreamTap
@@ -238,6 +239,7 @@ def test_the_owner_creates_reads_updates_fills_continues_and_deletes_a_conversat
     assert c.conversations.update(conv.id, metadata={"topic": "other"}).metadata == {"topic": "other"}
     added = c.conversations.items.create(conv.id, items=[{"role": "user", "content": "More."}])
     item_id = added.data[0].id
+    assert item_id is not None
     assert c.conversations.items.retrieve(item_id, conversation_id=conv.id).id == item_id
     reply = c.responses.create(model="gpt-4o-mini", input="Go on.", conversation=conv.id)
     assert reply.output_text
@@ -255,6 +257,7 @@ def test_another_team_can_neither_see_nor_use_a_teams_conversation(env: Env) -> 
     c = client(env)
     conv = c.conversations.create(items=[{"role": "user", "content": "Mine."}])
     item_id = c.conversations.items.list(conv.id).data[0].id
+    assert item_id is not None
     other = client(env, "sk-t2")
     forget_upstream(env)
     not_found(lambda: other.conversations.retrieve(conv.id), conv.id)
@@ -264,10 +267,11 @@ def test_another_team_can_neither_see_nor_use_a_teams_conversation(env: Env) -> 
     not_found(lambda: other.conversations.items.create(conv.id, items=[{"role": "user", "content": "x"}]), conv.id)
     not_found(lambda: other.conversations.items.retrieve(item_id, conversation_id=conv.id), conv.id)
     not_found(lambda: other.conversations.items.delete(item_id, conversation_id=conv.id), conv.id)
-    for conversation in (conv.id, {"id": conv.id}):  # continuing it is refused before anything is reserved
+    conversations: tuple[Conversation, ...] = (conv.id, {"id": conv.id})
+    for conversation in conversations:  # continuing it is refused before anything is reserved
         with pytest.raises(openai.NotFoundError) as caught:
-            other.responses.create(model="gpt-4o-mini", input="Go on.", conversation=conversation)  # type: ignore[arg-type]
-        assert caught.value.param == "conversation" and f"'{conv.id}'" in caught.value.message  # type: ignore[attr-defined]
+            other.responses.create(model="gpt-4o-mini", input="Go on.", conversation=conversation)
+        assert caught.value.param == "conversation" and f"'{conv.id}'" in caught.value.message
     not_found(lambda: other.responses.input_tokens.count(model="gpt-4o-mini", conversation=conv.id), conv.id)
     assert upstream_paths(env) == []
     assert [i.id for i in c.conversations.items.list(conv.id).data] == [item_id]  # untouched
