@@ -348,6 +348,8 @@ def test_only_a_mock_provider_may_leave_out_its_base_url() -> None:
 
 
 def test_refusal_limit_in_a_few_words() -> None:
+    from decimal import Decimal
+
     from proxy.limits import Limit
     from proxy.settings import BudgetSettings
     from proxy.settle import refusal_limit
@@ -359,7 +361,7 @@ def test_refusal_limit_in_a_few_words() -> None:
     budget = BudgetSettings(window="day", tokens=2_000_000)
     day = Limit("k", 2_000_000, "tokens", "day", 0.0, "team", budget)
     assert denied(day, 1_900_000, 40_000, 120_000) == "budget team day tokens used 1.9M/2M held 40K asked 120K"
-    usd = Limit("k", 5_000_000, "usd", "month", 0.0, "key", BudgetSettings(window="month", usd=5))
+    usd = Limit("k", 5_000_000, "usd", "month", 0.0, "key", BudgetSettings(window="month", usd=Decimal(5)))
     assert denied(usd, 4_990_000, 0, 20_000) == "budget key month usd used $4.99/$5.00 held $0.00 asked $0.02"
     tpm = Limit("k", 100_000, "tokens", "minute", 0.0, "team")
     assert denied(tpm, 99_000, 0, 2_000) == "team tpm used 99K/100K held 0 asked 2K"

@@ -471,7 +471,7 @@ def conversation(turns: int) -> list[dict[str, Any]]:
 
 def test_resent_conversation_encodes_only_the_new_message(monkeypatch: pytest.MonkeyPatch) -> None:
     log: list[str] = []
-    real = counting.get_encoding
+    real = get_encoding
     monkeypatch.setattr(counting, "get_encoding", lambda name: SpyEncoding(real(name), log))
     counter = Counter()
     history = conversation(25)
@@ -542,7 +542,7 @@ async def test_achat_matches_chat_and_uses_a_thread_only_for_large_uncached_text
         calls.append(fn)
         return await real_to_thread(fn, *args, **kwargs)
 
-    monkeypatch.setattr(counting.asyncio, "to_thread", spy)
+    monkeypatch.setattr(asyncio, "to_thread", spy)  # counting calls asyncio.to_thread
     counter = Counter()
     small = await counter.achat(COOKBOOK_MESSAGES, None, model="gpt-4o", encoding=None)
     assert (small.tokens, calls) == (124, [])

@@ -176,6 +176,7 @@ def test_ok_records_carry_the_provider_usage_and_a_price(scenario: Scenario) -> 
     assert rec.output_tokens == usage["completion_tokens"] == 16
     assert rec.provider == "mock" and rec.key_name == "k1"
     # gpt-4o-mini: 0.15 / 0.60 USD per 1M tokens, rounded up once
+    assert rec.input_tokens is not None
     assert rec.cost_micro_usd == -(-(rec.input_tokens * 150_000 + 16 * 600_000) // 1_000_000)
     assert rec.latency_ms is not None and rec.latency_ms > 0
     assert scenario.record("ok2").output_tokens == 3

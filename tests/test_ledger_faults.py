@@ -198,6 +198,7 @@ async def test_sqlite_disk_full(sqlite_store: SqliteStore, tmp_path: Path) -> No
 async def test_redis_out_of_memory(clean_redis: str, tmp_path: Path) -> None:
     admin = redis.Redis.from_url(clean_redis)
     policy = admin.config_get("maxmemory-policy")["maxmemory-policy"]  # restored afterwards
+    assert policy is not None
     store = RedisStore(clean_redis)
     await store.open()
 
@@ -312,7 +313,7 @@ async def test_a_full_queue_spills_and_the_next_process_replays(sqlite_store: Sq
     switch = Switch(sqlite_store)
     switch.down = True
     metrics = make_metrics()
-    first = Ledger(switch, flush_seconds=FLUSH, queue_max=100, spill_dir=spill, metrics=metrics)  # type: ignore[arg-type]
+    first = Ledger(switch, flush_seconds=FLUSH, queue_max=100, spill_dir=spill, metrics=metrics)
     first.start()
     started = time.perf_counter()
     for i in range(N):
@@ -346,7 +347,7 @@ async def test_spilled_records_are_written_by_their_own_process_once_the_store_i
     spill = tmp_path / "spill"
     switch = Switch(sqlite_store)
     switch.down = True
-    ledger = Ledger(switch, flush_seconds=FLUSH, queue_max=50, spill_dir=spill)  # type: ignore[arg-type]
+    ledger = Ledger(switch, flush_seconds=FLUSH, queue_max=50, spill_dir=spill)
     async with running(ledger):
         for i in range(N):
             ledger.append(rec(i))
@@ -422,7 +423,7 @@ async def test_a_torn_last_line_is_skipped_with_a_warning(
     spill = tmp_path / "spill"
     switch = Switch(sqlite_store)
     switch.down = True
-    ledger = Ledger(switch, flush_seconds=FLUSH, queue_max=1, spill_dir=spill)  # type: ignore[arg-type]
+    ledger = Ledger(switch, flush_seconds=FLUSH, queue_max=1, spill_dir=spill)
     ledger.start()
     for i in range(300):
         ledger.append(rec(i))
@@ -441,7 +442,7 @@ async def test_a_torn_last_line_is_skipped_with_a_warning(
 async def test_append_stays_cheap_with_the_queue_full(tmp_path: Path) -> None:
     switch = Switch(open_store("memory://"))
     switch.down = True
-    ledger = Ledger(switch, flush_seconds=FLUSH, queue_max=1000, spill_dir=tmp_path)  # type: ignore[arg-type]
+    ledger = Ledger(switch, flush_seconds=FLUSH, queue_max=1000, spill_dir=tmp_path)
     ledger.start()
     records = [rec(i) for i in range(50_000)]
     timings = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -15,7 +17,7 @@ from proxy.protocols.openai_embeddings import EMBEDDINGS
 from proxy.protocols.openai_responses import COMPACT, RESPONSES
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-BODIES = {
+BODIES: dict[Endpoint, dict[str, Any]] = {
     CHAT: {"model": "m", "messages": MESSAGES},
     COMPLETIONS: {"model": "m", "prompt": "hi"},
     EMBEDDINGS: {"model": "m", "input": "hi"},

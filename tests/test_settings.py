@@ -89,7 +89,8 @@ def test_config_values_override_the_table() -> None:
     }
     s = parse(cfg(models=models), env={})
     m = s.models["gpt-4o-mini"]
-    assert m.price is not None and (m.price.input, m.price.output, m.price.cached_input) == (1, 2, None)
+    assert m.price is not None
+    assert (m.price.input, m.price.output, m.price.cached_input) == (Decimal(1), Decimal(2), None)
     assert m.context_window == 1000 and m.max_output_tokens == 16384
     alias = s.models["alias"]
     assert alias.price is not None and alias.price.input == Decimal("2.5")
@@ -182,7 +183,7 @@ def test_settings_are_frozen_and_keys_hash() -> None:
     s = parse(cfg(), env={})
     assert isinstance(s, Settings)
     with pytest.raises(Exception, match="frozen"):
-        s.store = "memory://"  # type: ignore[misc]
+        s.store = "memory://"
     import hashlib
 
     assert s.keys[0].digest == hashlib.sha256(b"sk-t1").hexdigest()

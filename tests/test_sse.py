@@ -137,7 +137,7 @@ def test_responses_completed_event_carries_the_usage_and_is_never_stripped() -> 
         "output_tokens_details": {"reasoning_tokens": 3},
         "total_tokens": 29,
     }
-    events = [
+    events: list[dict[str, Any]] = [
         {"type": "response.created", "response": {"id": "r", "usage": None}},
         {"type": "response.output_text.delta", "delta": "Lorem"},
         {"type": "response.output_text.delta", "delta": " ipsum"},
