@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from proxy.cli import build_parser
-from proxy.mock_upstream import Controls
+from proxy.mock import Controls
 from proxy.settings import load
 from proxy.settle import Accountant
 from proxy.store import SqliteStore, open_store

@@ -29,7 +29,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy import mock_upstream
+from proxy import mock
 from proxy.app import create_app
 from proxy.settings import parse
 
@@ -123,7 +123,7 @@ class Harness:
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     loop = asyncio.new_event_loop()
     threshold = gc.get_threshold()  # the gateway's startup tunes the collector for a server process
-    provider = mock_upstream.build_app(mock_upstream.MockConfig())
+    provider = mock.build_app(mock.MockConfig())
     provider.middlewares.insert(0, mark_provider)
     runner = web.AppRunner(provider, access_log=None)
     loop.run_until_complete(runner.setup())
@@ -342,7 +342,7 @@ def test_no_failures_and_the_gateway_is_still_up(harness: Harness) -> None:
 
 # ---- what is forwarded rather than refused ----------------------------------------------------------------
 def last_upstream_body(h: Harness) -> Any:
-    return h.provider[mock_upstream.STATE].requests[-1]["body"]
+    return h.provider[mock.STATE].requests[-1]["body"]
 
 
 def ledger_of(h: Harness, team: str, request_id: str) -> Any:

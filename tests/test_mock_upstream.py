@@ -27,7 +27,7 @@ from openai.types.responses import Response
 
 from proxy.count import Counter
 from proxy.encodings import get_encoding
-from proxy.mock_upstream import MockConfig, MockServer, output_pieces, output_text, start
+from proxy.mock import MockConfig, MockServer, output_pieces, output_text, start
 
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are terse."},

@@ -1,4 +1,4 @@
-"""``quotagate mock-upstream``: the OpenAI-compatible mock provider (proxy/mock_upstream.py) on its own."""
+"""``quotagate mock-upstream``: the OpenAI-compatible mock provider (proxy/mock/) on its own."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ the last requests received are at GET /_mock/requests (DELETE clears them)
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
-    from ..mock_upstream import MockConfig, run
+    from ..mock import MockConfig, run
 
     run(
         args.host,

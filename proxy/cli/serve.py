@@ -58,7 +58,7 @@ def with_builtin_mock(settings: Settings, url: str | None) -> Settings:
 
 
 class BuiltinMock:
-    """proxy/mock_upstream.py served on a loopback port from a thread of the `serve` process (its own event
+    """proxy/mock/ served on a loopback port from a thread of the `serve` process (its own event
     loop), for as long as the gateway runs: the shipped config answers with no other process started."""
 
     def __init__(self) -> None:
@@ -66,14 +66,14 @@ class BuiltinMock:
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 15.0) -> str:
-        from .. import mock_upstream
+        from .. import mock
 
         ready: concurrent.futures.Future[str] = concurrent.futures.Future()
 
         def run() -> None:
             loop = asyncio.new_event_loop()
             try:
-                server = loop.run_until_complete(mock_upstream.start("127.0.0.1", 0))
+                server = loop.run_until_complete(mock.start("127.0.0.1", 0))
             except BaseException as e:  # reported to start(), which raises it
                 ready.set_exception(e)
                 loop.close()
