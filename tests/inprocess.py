@@ -86,6 +86,12 @@ def config(upstream: str, store: str, down: str) -> dict[str, Any]:
                 "price": {"input": 1.5, "output": 2.0},
             },
             "offline": {"provider": "down", "upstream_model": "gpt-4o-mini", "price": {"input": 1, "output": 1}},
+            "resilient": {  # its first provider is down: served by the next one
+                "provider": "down",
+                "failover": ["openai"],
+                "upstream_model": "gpt-4o-mini",
+                "price": {"input": 1, "output": 4},
+            },
         },
         "teams": {
             "search": {
