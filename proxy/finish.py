@@ -6,6 +6,7 @@ skip it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,8 @@ from .usage import Usage
 if TYPE_CHECKING:  # proxy.objects serves the stateful endpoints; routes.Router hands its Ownership here
     from .objects import Ownership
 
+log = logging.getLogger("quotagate")
+
 _NOTHING = Usage(0, 0, 0, 0)
 _SERVED = frozenset({"ok", "client_cancelled"})  # answered by the provider (the client may have left)
 
@@ -42,6 +45,7 @@ class Finisher:
     ) -> None:
         self._s = settings
         self._precount = precount
+        self._unpriced_logged: set[tuple[str, str]] = set()
         self._accountant = accountant
         self._ledger = ledger
         self._metrics = metrics
@@ -57,11 +61,31 @@ class Finisher:
         cost = adm.price.cost(used) if charged and adm.price is not None else 0
         if not charged:
             used = _NOTHING
-        elif est is not None and est.local is not None and relayed.usage.input and not est.unseen:
-            self._precount.observe(adm.model, est.local, relayed.usage.input)  # how far off the local count was
+        else:
+            self._learn(adm, relayed)
         if self.objects is not None and relayed.object_id is not None:
             self._spawn(self.objects.created(adm.endpoint, relayed.object_id, adm.team, relayed.provider))
         self._spawn(self._settle_and_record(adm, relayed, used, cost, charged))
+
+    def _learn(self, adm: Admission, relayed: Relayed) -> None:
+        """What a served request teaches: how far off a scaled local count was, and tokens without a price."""
+        est, reported = adm.estimate, relayed.usage.input
+        if est is not None and est.local is not None and reported and not est.unseen:
+            self._precount.observe(adm.model, est.local, reported)
+            self._metrics.set_precount(adm.model, self._precount.factor(adm.model).value)
+        if adm.price is not None and adm.price.unpriced:
+            for dimension, tokens in adm.price.unpriced_tokens(relayed.usage).items():
+                self._metrics.count_unpriced(adm.model, dimension, tokens)
+                if (adm.model, dimension) not in self._unpriced_logged:
+                    self._unpriced_logged.add((adm.model, dimension))
+                    log.warning(
+                        "model %s reports %s tokens but has no price for them: charged at its input rate "
+                        "(set models.%s.price.%s)",
+                        adm.model,
+                        dimension,
+                        adm.model,
+                        dimension,
+                    )
 
     def attempt_failed(self, adm: Admission, relayed: Relayed) -> None:
         """A provider that failed before anything was relayed: recorded on its own, nothing charged."""

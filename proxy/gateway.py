@@ -88,6 +88,9 @@ class Gateway:
             self.reaper.tags.add(tag(key.team))
         self.ledger.start()
         await self.precount.load(self.store, _scaled_endpoints())
+        for model, factor in self.precount.samples():
+            if self.settings.providers[self.settings.models[model].provider].kind == "anthropic":
+                self.metrics.set_precount(model, factor)
         # Everything built at boot (config, encodings, the count cache's tables) is permanent: keep it out of
         # the collector's way, and collect the young generation less often (a request allocates a few
         # hundred objects, nearly all short-lived).

@@ -122,6 +122,7 @@ class Metrics:
         self._declare_genai(self._registry)
         self._declare_governance(self._registry)
         self._declare_ledger(self._registry)
+        self._declare_precount(self._registry)
         # Budget state lives in the shared store: the scraping process reads it at scrape time (one store
         # round trip, see Gateway.scrape), so the gauges never lag and no worker's stale value wins.
         self._budgets = _BudgetCollector()
@@ -215,6 +216,29 @@ class Metrics:
         )
         for cause in LEDGER_ERROR_CAUSES:
             self.ledger_write_errors.labels(cause)
+
+    def _declare_precount(self, r: CollectorRegistry) -> None:
+        """Pre-count factors learned for models without a public tokenizer, and tokens without a price."""
+        self.precount_factor = Gauge(
+            "quotagate_precount_factor",
+            "Factor applied to the local input count of a model without a public tokenizer (the reservation's "
+            "bound), learned from provider counts; the highest of the live workers.",
+            ["model"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.unpriced_tokens = Counter(
+            "quotagate_unpriced_tokens",
+            "Tokens in a usage dimension the model has no price for (charged at its input rate), by dimension.",
+            ["model", "dimension"],
+            registry=r,
+        )
+
+    def set_precount(self, model: str, factor: float) -> None:
+        self.precount_factor.labels(self.model_label(model)).set(factor)
+
+    def count_unpriced(self, model: str, dimension: str, tokens: int) -> None:
+        self.unpriced_tokens.labels(self.model_label(model), dimension).inc(tokens)
 
     def _preinitialise(self) -> None:
         """Known series start at 0 so rate() and absent-vs-zero behave from the first scrape."""

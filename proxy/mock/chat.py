@@ -25,7 +25,7 @@ def _tool_pieces(arguments: str, encoding: str) -> tuple[str, ...]:
     return tuple(enc.decode([t]) for t in enc.encode(arguments))
 
 
-def _fake_value(schema: Any) -> Any:
+def fake_value(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return None
     if isinstance(schema.get("enum"), list) and schema["enum"]:
@@ -43,7 +43,7 @@ def _fake_arguments(function: dict[str, Any]) -> str:
     props = params.get("properties") if isinstance(params, dict) else None
     if not isinstance(props, dict):
         return "{}"
-    return orjson.dumps({k: _fake_value(v) for k, v in props.items()}).decode()
+    return orjson.dumps({k: fake_value(v) for k, v in props.items()}).decode()
 
 
 def _pick_function(tools: Any, tool_choice: Any) -> dict[str, Any] | None:

@@ -83,6 +83,22 @@ def _auth_error(header: str | None, key: str) -> web.Response | None:
     )
 
 
+def anthropic_error(message: str, status: int) -> web.Response:
+    return json_response(
+        {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}, status
+    )
+
+
+def _anthropic_auth_error(request: web.Request, key: str | None) -> web.Response | None:
+    """Anthropic's own checks: the key in ``x-api-key`` and an ``anthropic-version`` header."""
+    given = request.headers.get("x-api-key")
+    if key is not None and (given is None or not hmac.compare_digest(given.encode(), key.encode())):
+        return anthropic_error("invalid x-api-key", 401)
+    if "anthropic-version" not in request.headers:
+        return anthropic_error("anthropic-version: header is required", 400)
+    return None
+
+
 @web.middleware
 async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/v1/"):
@@ -103,26 +119,37 @@ async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
             "body": body if raw else None,
         }
     )
-    if state.config.api_key is not None:
-        denied = _auth_error(request.headers.get("Authorization"), state.config.api_key)
-        if denied is not None:
-            return denied
-    if not parsed_ok or not isinstance(body, dict):
-        return json_response(
-            openai_error("We could not parse the JSON body of your request.", "invalid_request_error"), 400
+    anthropic = request.path.startswith("/v1/messages")
+    if anthropic:
+        denied = _anthropic_auth_error(request, state.config.api_key)
+    else:
+        denied = (
+            _auth_error(request.headers.get("Authorization"), state.config.api_key) if state.config.api_key else None
         )
+    if denied is not None:
+        return denied
     try:
-        controls = parse_controls(body.get("mock"), request.headers)
+        return await _checked(request, handler, raw, body, parsed_ok)
     except BadRequest as exc:
+        if anthropic:
+            return anthropic_error(f"{exc.param}: {exc.message}" if exc.param else exc.message, 400)
         return json_response(openai_error(exc.message, "invalid_request_error", None, exc.param), 400)
+
+
+async def _checked(
+    request: web.Request, handler: Handler, raw: bytes, body: Any, parsed_ok: bool
+) -> web.StreamResponse:
+    """Controls, faults, then the handler; a ``BadRequest`` raised here is answered by ``gate``."""
+    if not parsed_ok or not isinstance(body, dict):
+        raise BadRequest("We could not parse the JSON body of your request.")
+    controls = parse_controls(body.get("mock"), request.headers)
     if controls.delay_s > 0:
         await asyncio.sleep(controls.delay_s)
     if controls.status is not None:
-        return injected_error(controls.status, controls.error_shape)
+        anthropic = request.path.startswith("/v1/messages") and controls.error_shape == "openai"
+        return injected_error(controls.status, "anthropic" if anthropic else controls.error_shape)
     request[CTX] = Ctx(body, controls)
     try:
         return await handler(request)
-    except BadRequest as exc:
-        return json_response(openai_error(exc.message, "invalid_request_error", None, exc.param), 400)
     except NotFound as exc:
         return not_found(exc.what, exc.object_id)

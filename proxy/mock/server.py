@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import objects
+from . import anthropic, objects
 from .chat import chat_completions
 from .completions import completions
 from .config import MockConfig
@@ -26,6 +26,8 @@ def build_app(config: MockConfig) -> web.Application:
     app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/responses/input_tokens", input_tokens)
     app.router.add_post("/v1/responses/compact", compact)
+    app.router.add_post("/v1/messages", anthropic.messages)
+    app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
     app.router.add_get("/v1/responses/{id}", objects.get_response)
     app.router.add_delete("/v1/responses/{id}", objects.delete_response)
     app.router.add_get("/v1/responses/{id}/input_items", objects.response_input_items)

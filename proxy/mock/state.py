@@ -44,6 +44,7 @@ class State:
     responses: dict[str, StoredResponse] = field(default_factory=dict)
     completions: dict[str, StoredCompletion] = field(default_factory=dict)  # insertion order = created order
     conversations: dict[str, Conversation] = field(default_factory=dict)
+    prompt_cache: dict[str, float] = field(default_factory=dict)  # Anthropic prefix digest -> expiry (monotonic)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,13 +15,13 @@ from typing import Any
 import orjson
 
 from ..count import Counter, Estimate
-from ..errors import ProxyError
+from ..errors import ProxyError, UpstreamError
 from ..parse import Endpoint, ParsedRequest, parse
 from ..usage import Usage, from_anthropic
 from .anthropic_stream import AnthropicTap
 from .base import Adapter
 
-# Anthropic's error types by status (conventions.md 5.1); a type that is already Anthropic's is kept.
+# Anthropic's error types by status (conventions.md 5.1); a provider's error keeps its own type.
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -40,7 +40,8 @@ _KNOWN = frozenset(ERROR_TYPES.values())
 
 
 def error_body(err: ProxyError) -> dict[str, Any]:
-    kind = err.type if err.type in _KNOWN else ERROR_TYPES.get(err.status, "api_error")
+    own = isinstance(err, UpstreamError) and err.type in _KNOWN
+    kind = err.type if own else ERROR_TYPES.get(err.status, "api_error")
     return {"type": "error", "error": {"type": kind, "message": err.message}}
 
 
