@@ -41,9 +41,8 @@ from prometheus_client import (
     values,
 )
 from prometheus_client import multiprocess as _mp
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
+from .metrics_budgets import BudgetCollector
 from .outcomes import METRIC_OUTCOMES
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -125,7 +124,7 @@ class Metrics:
         self._declare_precount(self._registry)
         # Budget state lives in the shared store: the scraping process reads it at scrape time (one store
         # round trip, see Gateway.scrape), so the gauges never lag and no worker's stale value wins.
-        self._budgets = _BudgetCollector()
+        self._budgets = BudgetCollector()
         if self._multiproc_dir is None:
             self._registry.register(self._budgets)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -341,40 +340,6 @@ class Metrics:
         _mp.MultiProcessCollector(merged, path=self._multiproc_dir)  # type: ignore[no-untyped-call]
         merged.register(self._budgets)
         return generate_latest(merged), CONTENT_TYPE_TEXT
-
-
-class _BudgetCollector(Collector):
-    """quotagate_budget_{limit,used,reserved}: values set right before the scrape, never merged across
-    workers (each scrape reads the shared store itself)."""
-
-    def __init__(self) -> None:
-        self._values: dict[tuple[str, str, str], tuple[float, float, float]] = {}
-
-    def put(self, labels: tuple[str, str, str], values: tuple[float, float, float]) -> None:
-        self._values[labels] = values
-
-    def clear(self) -> None:
-        self._values = {}
-
-    def collect(self) -> Iterable[Metric]:
-        names = ("team", "window", "unit")
-        families = (
-            GaugeMetricFamily(
-                "quotagate_budget_limit", "Configured budget for the current window (unit tokens or usd).", labels=names
-            ),
-            GaugeMetricFamily(
-                "quotagate_budget_used", "Budget used in the current window (unit tokens or usd).", labels=names
-            ),
-            GaugeMetricFamily(
-                "quotagate_budget_reserved",
-                "Budget held by requests in flight in the current window (unit tokens or usd).",
-                labels=names,
-            ),
-        )
-        for labels, triple in sorted(self._values.items()):
-            for family, v in zip(families, triple, strict=True):
-                family.add_metric(list(labels), v)
-        return families
 
 
 def _error_type(error_type: str | None) -> str:
