@@ -24,6 +24,7 @@ def test_endpoints_map_paths_to_upstream_paths() -> None:
         "/v1/embeddings": "/embeddings",
         "/v1/responses": "/responses",
         "/v1/responses/compact": "/responses/compact",
+        "/v1/messages": "/messages",
     }
     assert not EMBEDDINGS.has_output and EMBEDDINGS.cap_fields == ()
     assert COMPLETIONS.default_cap == 16
