@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import policy
-from .asgi import Receive, Scope, read_body
+from .asgi import DEPLOYMENT, Receive, Scope, read_body
 from .auth import KeyRing, Principal, key_from_headers
 from .count import Counter, Estimate
 from .errors import BudgetExceeded, ProxyError
 from .ids import ids
-from .parse import Endpoint, ParsedRequest
+from .parse import Endpoint, ParsedRequest, with_model
 from .precount import Precount
 from .pricing import Price, price_of
 from .reservations import LeaseMeta
@@ -88,7 +88,9 @@ class Admitter:
         req: ParsedRequest | None = None
         try:
             who = await self._keyring.authenticate(key_from_headers(scope["headers"]))
-            req = endpoint.parse(await read_body(receive, self._s.max_body_bytes))
+            raw = await read_body(receive, self._s.max_body_bytes)
+            deployment = scope.get(DEPLOYMENT)  # Azure: the path names the model, whatever the body says
+            req = endpoint.parse(raw if deployment is None else with_model(raw, deployment))
             if self.objects is not None:  # previous_response_id, conversation: the caller team's, or 404
                 await self.objects.check_references(who.team, req)
             team = self._s.teams.get(who.team)

@@ -18,6 +18,8 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+# scope key: the Azure deployment a request's path named (routes.azure_path); it is the model served
+DEPLOYMENT = "quotagate.deployment"
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -165,11 +165,21 @@ class UpstreamError(ProxyError):
         self.code = None if code is None else str(code)
         param = error.get("param")
         self.param = None if param is None else str(param)
+        # what else the provider said about it (Azure's `innererror` with its content-filter results...)
+        self.extra = {k: v for k, v in error.items() if k not in _ENVELOPE}
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"].update(self.extra)
+        return body
 
     @property
     def error_type(self) -> str:
         """By status: the "Errors by type" panel tells a 429 storm from a 500 one."""
         return f"upstream_{self.status}"
+
+
+_ENVELOPE = frozenset({"message", "type", "param", "code", "object"})  # "object": SGLang's flat shape
 
 
 def normalise_upstream_error(status: int, raw: bytes) -> UpstreamError:

@@ -97,6 +97,19 @@ def _int_field(body: dict[str, Any], name: str) -> int | None:
     return v
 
 
+def with_model(raw: bytes, model: str) -> bytes:
+    """``raw`` with its ``model`` set to ``model`` (an Azure deployment path names it); a body that is not a
+    JSON object is left for ``parse`` to refuse."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+    if not isinstance(body, dict) or body.get("model") == model:
+        return raw
+    body["model"] = model
+    return orjson.dumps(body)
+
+
 def parse(endpoint: Endpoint, raw: bytes, *, stream_options: bool) -> ParsedRequest:
     """An OpenAI-shaped body; ``stream_options``: the protocol reports a stream's usage only when asked with
     ``stream_options.include_usage`` (quotagate asks), so that field must be an object on a stream."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
 from .admin import admin_app, usage_payload
-from .asgi import Receive, Scope, Send, respond
+from .asgi import DEPLOYMENT, Receive, Scope, Send, respond
 from .auth import key_from_headers
 from .errors import NotFound, ProxyError, StoreUnavailable, render
 from .gateway import Gateway
@@ -52,6 +53,10 @@ class Router:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        azure = azure_path(path)
+        if azure is not None:  # the AzureOpenAI client's paths: served as the /v1 routes they name
+            path, deployment = azure
+            scope = {**scope, "path": path, DEPLOYMENT: deployment}
         endpoint = ENDPOINTS.get(path)
         if endpoint is not None and method == "POST":
             return await self.gw.pipeline.handle(scope, receive, send, endpoint)
@@ -105,6 +110,22 @@ class Router:
     async def _error(self, send: Send, err: ProxyError) -> None:
         status, headers, body = render(err)
         await respond(send, status, headers, body, "")
+
+
+def azure_path(path: str) -> tuple[str, str | None] | None:
+    """An Azure OpenAI path -> (the /v1 path it names, the deployment in it): the v1 form
+    ``/openai/v1/...`` and the classic ``/openai/deployments/{deployment}/...`` (whose ``api-version`` query
+    is the client's business: quotagate speaks to its own providers with their own)."""
+    if path.startswith("/openai/v1/"):
+        return path[len("/openai") :], None
+    if path.startswith(_DEPLOYMENTS):
+        deployment, slash, rest = path[len(_DEPLOYMENTS) :].partition("/")
+        if deployment and slash and rest:
+            return "/v1/" + rest, unquote(deployment)
+    return None
+
+
+_DEPLOYMENTS = "/openai/deployments/"
 
 
 def _method_not_allowed(method: str, path: str) -> ProxyError:

@@ -8,7 +8,8 @@ FAULTS = """\
 fault modes and behaviour, per request: a `mock` object in the JSON body, or `x-mock-<name>` headers
 (`-` or `_` in names; the body wins):
   status=N             answer HTTP N with an error body
-  error_shape=S        that error body's shape: openai | vllm | sglang | anthropic | text (default: openai)
+  error_shape=S        that error body's shape: openai | vllm | sglang | anthropic | azure | text (default: openai;
+                       anthropic on /v1/messages)
   delay_s=F            sleep F seconds before the response headers (timeouts)
   cut_after=N          streams: drop the connection after N content chunks
   error_after=N        streams: an in-band error event after N content chunks

@@ -23,7 +23,7 @@ class Controls:
     """Per-request behaviour, from the body's ``mock`` object or ``x-mock-<name>`` headers."""
 
     status: int | None = None  # answer with this HTTP status and an error body
-    error_shape: str = "openai"  # openai | vllm | sglang | anthropic | text
+    error_shape: str = "openai"  # openai | vllm | sglang | anthropic | azure (content filter) | text
     cut_after: int | None = None  # streams: abort the connection after this many content chunks
     error_after: int | None = None  # streams: in-band error after this many content chunks
     delay_s: float = 0.0  # sleep before the response headers
@@ -35,7 +35,7 @@ class Controls:
 
 
 NO_CONTROLS = Controls()
-ERROR_SHAPES = frozenset({"openai", "vllm", "sglang", "anthropic", "text"})
+ERROR_SHAPES = frozenset({"openai", "vllm", "sglang", "anthropic", "azure", "text"})
 _INTS = frozenset({"status", "cut_after", "error_after", "output_tokens", "cached_tokens", "reasoning_tokens"})
 _FLOATS = frozenset({"delay_s", "tpot_s"})
 _HEADER_PREFIX = "x-mock-"

@@ -51,6 +51,20 @@ def injected_error(status: int, shape: str) -> web.Response:
             "param": None,
             "code": status,
         }
+    elif shape == "azure":  # a prompt refused by Azure's content filter
+        body = {
+            "error": {
+                "message": message,
+                "type": None,
+                "param": "prompt",
+                "code": "content_filter",
+                "status": status,
+                "innererror": {
+                    "code": "ResponsibleAIPolicyViolation",
+                    "content_filter_result": {"hate": {"filtered": True, "severity": "high"}},
+                },
+            }
+        }
     elif shape == "anthropic":
         kind = _ANTHROPIC_TYPES.get(status, "api_error")
         body = {"type": "error", "error": {"type": kind, "message": message}}
@@ -99,9 +113,20 @@ def _anthropic_auth_error(request: web.Request, key: str | None) -> web.Response
     return None
 
 
+def _azure_error(request: web.Request, key: str | None) -> web.Response | None:
+    """Azure OpenAI's own checks: the key in ``api-key``, and an ``api-version`` on deployment paths."""
+    given = request.headers.get("api-key")
+    if key is not None and (given is None or not hmac.compare_digest(given.encode(), key.encode())):
+        message = "Access denied due to invalid subscription key or wrong API endpoint."
+        return json_response({"error": {"code": "401", "message": message}}, 401)
+    if request.path.startswith("/openai/deployments/") and "api-version" not in request.query:
+        return json_response({"error": {"code": "404", "message": "Resource not found"}}, 404)
+    return None
+
+
 @web.middleware
 async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith("/v1/"):
+    if not request.path.startswith(("/v1/", "/openai/")):
         return await handler(request)
     state = request.app[STATE]
     raw = await request.read() if request.body_exists else b""
@@ -122,6 +147,8 @@ async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     anthropic = request.path.startswith("/v1/messages")
     if anthropic:
         denied = _anthropic_auth_error(request, state.config.api_key)
+    elif request.path.startswith("/openai/"):
+        denied = _azure_error(request, state.config.api_key)
     else:
         denied = (
             _auth_error(request.headers.get("Authorization"), state.config.api_key) if state.config.api_key else None

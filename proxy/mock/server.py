@@ -26,6 +26,11 @@ def build_app(config: MockConfig) -> web.Application:
     app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/responses/input_tokens", input_tokens)
     app.router.add_post("/v1/responses/compact", compact)
+    for prefix in ("/openai/deployments/{deployment}", "/openai/v1"):  # Azure OpenAI: classic and v1 paths
+        app.router.add_post(prefix + "/chat/completions", chat_completions)
+        app.router.add_post(prefix + "/completions", completions)
+        app.router.add_post(prefix + "/embeddings", embeddings)
+    app.router.add_post("/openai/v1/responses", responses)
     app.router.add_post("/v1/messages", anthropic.messages)
     app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
     app.router.add_get("/v1/responses/{id}", objects.get_response)
