@@ -4,6 +4,27 @@ Unset is not zero: every field is ``int | None`` so "the provider did not say" s
 "the provider said 0". ``cached_input`` (read from the prompt cache) and the cache writes are part of
 ``input``, and ``reasoning`` is part of ``output``: OpenAI's semantics (conventions.md section 3), into which
 other providers' usage is normalised here, one rule per provider (Anthropic: section 5.1).
+
+The rules, each with its test vector in tests/test_usage_variants.py:
+
+=====================================================  ==============================================
+what the provider sends                                 what quotagate takes
+=====================================================  ==============================================
+OpenAI chat/completions ``prompt_tokens`` ...           input = prompt_tokens (cached included),
+                                                        output = completion_tokens (reasoning included)
+Responses ``input_tokens``/``output_tokens``            the same, from the Responses names
+embeddings: no ``completion_tokens``                    output = 0
+``prompt_tokens_details`` or ``cached_tokens``          cached input unknown (None), priced as uncached
+absent or null
+SGLang: ``reasoning_tokens`` at the top level           reasoning = it
+Gemini (OpenAI-compatible): ``total_tokens`` >          the excess is thinking the provider bills as
+``prompt_tokens + completion_tokens``                   output: output += excess, reasoning >= excess
+usage in the last content chunk (no ``choices: []``)    read from whichever event carries it (sse.py)
+a stream without usage (``include_usage`` ignored,      output counted from the text relayed, input
+or cut before it)                                       from quotagate's own count (finish.py)
+Anthropic ``input_tokens`` + cache read + cache write   input = the three summed, cache writes by
+                                                        lifetime (``from_anthropic``)
+=====================================================  ==============================================
 """
 
 from __future__ import annotations
@@ -68,6 +89,11 @@ def from_openai(usage: Any) -> Usage:
     completion = _int(usage.get("completion_tokens"))
     if completion is None and prompt is not None:  # embeddings: no completion at all
         completion = 0
+    total = _int(usage.get("total_tokens"))
+    if total is not None and prompt is not None and completion is not None and total > prompt + completion:
+        hidden = total - prompt - completion  # Gemini: thinking billed as output, left out of completion_tokens
+        completion += hidden
+        reasoning = max(reasoning or 0, hidden)
     return Usage(
         input=prompt,
         cached_input=_int(p_details.get("cached_tokens")) if isinstance(p_details, dict) else None,
