@@ -163,7 +163,8 @@ class Admitter:
         seed: int | None = None
         price: Price | None = None
         try:
-            est, trimmed = await self._count(req, model, upstream, who.team, team)
+            est = await self._count(req, model, upstream, team)  # known to a refusal's ledger row from here
+            est, trimmed = self._fit(req, model, upstream, who.team, team, est)
             endpoint = req.endpoint
             cap = policy.output_cap(
                 req.requested_cap if endpoint.has_output else 0,
@@ -203,18 +204,30 @@ class Admitter:
         return _admission(arrival, who, req, model, est, trimmed, seed, price, res), Outbound(req, model, headers)
 
     async def _count(
-        self, req: ParsedRequest, model: ModelSettings, upstream: str, team_name: str, team: TeamSettings | None
-    ) -> tuple[Estimate, int | None]:
+        self, req: ParsedRequest, model: ModelSettings, upstream: str, team: TeamSettings | None
+    ) -> Estimate:
         """Whatever the body holds is counted (odd shapes as their JSON text, inexact); input out of sight
-        (stored context, no prompt field) is reserved up to the policy's bound and settled from usage. Then
-        the team's context cap: refused, or trimmed where the protocol has a conversation to trim
-        (the estimate of what is sent, and the tokens trimmed)."""
+        (stored context, no prompt field) is reserved up to the policy's bound and settled from usage."""
         protocol, enc = req.endpoint.protocol, model.encoding
         est = await protocol.count(self._counter, req, model=upstream, encoding=enc)
         if protocol.precount_scaled:  # no public tokenizer: the learned bound of the local count
             est = self._precount.bound(req.model, est)
         if req.unseen_input:
             est = est.with_unseen(policy.unseen_input_bound(team, model))
+        return est
+
+    def _fit(
+        self,
+        req: ParsedRequest,
+        model: ModelSettings,
+        upstream: str,
+        team_name: str,
+        team: TeamSettings | None,
+        est: Estimate,
+    ) -> tuple[Estimate, int | None]:
+        """The team's context cap: refused, or trimmed where the protocol has a conversation to trim (the
+        estimate of what is sent, and the tokens trimmed)."""
+        protocol, enc = req.endpoint.protocol, model.encoding
 
         def recount(messages: list[Any]) -> int:
             return protocol.count_messages(self._counter, req, messages, model=upstream, encoding=enc).tokens

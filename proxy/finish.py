@@ -166,4 +166,7 @@ def _observed(adm: Admission, r: Relayed, used: Usage, cost: int) -> RequestOutc
         # drift compares counts, not a bound reserved for stored context quotagate cannot see
         counted_input=est.tokens if est is not None and not est.unseen else None,
         reported_input=r.usage.input,
+        cache_write_5m_tokens=used.cache_write_5m,
+        cache_write_1h_tokens=used.cache_write_1h,
+        spend_parts=adm.price.parts(used) if cost and adm.price is not None else None,
     )

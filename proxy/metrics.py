@@ -44,6 +44,7 @@ from prometheus_client import multiprocess as _mp
 
 from .metrics_budgets import BudgetCollector
 from .outcomes import METRIC_OUTCOMES
+from .pricing import SPEND_TYPES
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The classic text format every Prometheus 2.x/3.x scrapes; all our names are legacy-valid, so the body is
@@ -54,7 +55,7 @@ OUTCOMES = METRIC_OUTCOMES  # declared in proxy/outcomes.py
 # "stateful": reading, listing, cancelling or deleting stored responses and chat completions, counting
 # input tokens, reading one model (no tokens, no spend)
 OPERATIONS = ("chat", "text_completion", "embeddings", "responses", "stateful")
-TOKEN_TYPES = ("input", "cached_input", "output", "reasoning")
+TOKEN_TYPES = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "output", "reasoning")
 PARTS = ("system", "tools", "history", "new")
 UNITS = ("tokens", "usd")
 LEDGER_ERROR_CAUSES = ("store_unavailable", "busy", "disk_full", "constraint", "oom", "other")
@@ -98,6 +99,9 @@ class RequestOutcome:
     trimmed_tokens: int
     counted_input: int | None  # quotagate's pre-count
     reported_input: int | None  # provider-reported input
+    cache_write_5m_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    spend_parts: Mapping[str, int] | None = None  # pico-USD by SPEND_TYPES
 
 
 class Metrics:
@@ -165,11 +169,19 @@ class Metrics:
         """quotagate's own per team and model: tokens, spend, requests, input parts, trimming, drift, overhead."""
         self.tokens = Counter(
             "quotagate_tokens",
-            "Tokens billed, by type (cached_input is part of input, reasoning is part of output).",
+            "Tokens billed, by type (cached_input and the cache writes are part of input, reasoning is part of "
+            "output).",
             ["team", "model", "type"],
             registry=r,
         )
         self.spend = Counter("quotagate_spend_usd", "Spend in US dollars.", ["team", "model"], registry=r)
+        self.spend_by_type = Counter(
+            "quotagate_spend_by_type_usd",
+            "Spend in US dollars by what was bought: input, cache_read, cache_write, output (before each "
+            "request's rounding up to a micro-dollar, so the types add up to quotagate_spend_usd within that).",
+            ["team", "model", "provider", "type"],
+            registry=r,
+        )
         self.requests = Counter("quotagate_requests", "Requests by outcome.", ["team", "model", "outcome"], registry=r)
         self.parts = Counter(
             "quotagate_input_tokens_part",
@@ -251,6 +263,8 @@ class Metrics:
                 self.trimmed.labels(team, model)
                 for token_type in TOKEN_TYPES:
                     self.tokens.labels(team, model, token_type)
+                for spend_type in SPEND_TYPES:
+                    self.spend_by_type.labels(team, model, self._models[model], spend_type)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, memoised: labels are bounded, and the lookup is per request hot."""
@@ -290,6 +304,9 @@ class Metrics:
         self._child(self.overhead, team, model).observe(max(o.overhead_s, 0.0))
         if o.cost_micro_usd > 0:
             self._child(self.spend, team, model).inc(o.cost_micro_usd / 1e6)
+            for spend_type, pico in (o.spend_parts or {}).items():
+                if pico > 0:
+                    self._child(self.spend_by_type, team, model, genai[1], spend_type).inc(pico / 1e12)
         self._record_tokens(o, team, model, genai)
         if o.stream and o.ttft_s is not None:
             self._child(self.ttft, *genai).observe(max(o.ttft_s, 0.0))
@@ -309,6 +326,8 @@ class Metrics:
         by_type = {
             "input": o.input_tokens,
             "cached_input": o.cached_input_tokens,
+            "cache_write_5m": o.cache_write_5m_tokens,
+            "cache_write_1h": o.cache_write_1h_tokens,
             "output": o.output_tokens,
             "reasoning": o.reasoning_tokens,
         }

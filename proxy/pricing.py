@@ -20,6 +20,7 @@ from .settings import ModelSettings
 from .usage import Usage
 
 _PICO = Decimal(1_000_000)
+SPEND_TYPES = ("input", "cache_read", "cache_write", "output")  # what a request's cost is made of
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,20 +52,22 @@ class Price:
 
     def cost(self, usage: Usage) -> int:
         """Micro-USD for what was used; unknown fields count as zero."""
+        return -(-sum(self.parts(usage).values()) // 1_000_000)
+
+    def parts(self, usage: Usage) -> dict[str, int]:
+        """Pico-USD of ``usage`` by what was bought (``SPEND_TYPES``); they add up to ``cost`` before rounding."""
         inp = usage.input or 0
         cached = min(usage.cached_input or 0, inp)
         w5m = min(usage.cache_write_5m or 0, inp - cached)
         w1h = min(usage.cache_write_1h or 0, inp - cached - w5m)
         r = self.rates(inp)
         rate_5m, rate_1h = r.write_rates()
-        pico = (
-            (inp - cached - w5m - w1h) * r.input
-            + cached * r.cached_input
-            + w5m * rate_5m
-            + w1h * rate_1h
-            + (usage.output or 0) * r.output
-        )
-        return -(-pico // 1_000_000)
+        return {
+            "input": (inp - cached - w5m - w1h) * r.input,
+            "cache_read": cached * r.cached_input,
+            "cache_write": w5m * rate_5m + w1h * rate_1h,
+            "output": (usage.output or 0) * r.output,
+        }
 
     def worst_case(self, input_tokens: int, output_cap: int, *, cache_writes: bool = False) -> int:
         """Micro-USD of the most this request can cost: no cache hits, every allowed output token, and

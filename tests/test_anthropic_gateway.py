@@ -214,6 +214,20 @@ def test_prompt_cache_write_5m_then_read_and_1h_writes_are_priced_by_lifetime(gw
     row = row_of(gw, "app", resp.headers["x-quotagate-request-id"])
     assert (row.cache_write_5m_tokens, row.cache_write_1h_tokens) == (0, want.write_1h)
     assert row.cost_micro_usd == hand_cost(SONNET, msg.usage.model_dump())
+    # the spend breakdown carries the provider and tells cache writes from reads
+    text = httpx.get(gw.gw.url + "/metrics", timeout=10).text
+    series = dict(
+        (m.group(1), float(m.group(2)))
+        for m in re.finditer(
+            r'^quotagate_spend_by_type_usd_total\{model="claude-sonnet-4-5",provider="anthropic",team="app",'
+            r'type="(\w+)"\} (\S+)$',
+            text,
+            re.M,
+        )
+    )
+    writes = (first.write_5m * Decimal("3.75") + want.write_1h * Decimal("6.00")) / 10**6
+    assert series["cache_write"] == pytest.approx(float(writes), rel=1e-9)  # only this test writes on sonnet
+    assert series["cache_read"] == pytest.approx(second.read * 0.30 / 10**6, rel=1e-9)
     # 1h writes at 6.00 vs 5m at 3.75 per 1M: the same prefix costs 1.6x as much to write for an hour
     assert float(want.write_1h * Decimal("6.00") / (first.write_5m * Decimal("3.75"))) == pytest.approx(1.6, rel=0.01)
 

@@ -187,6 +187,7 @@ async def test_context_cap_rejects_before_anything_is_sent(gw: Harness) -> None:
     assert gw.provider.calls == []
     (row,) = await gw.ledger()
     assert (row.status, row.outcome, row.charged, row.cost_micro_usd) == (400, "context_rejected", False, 0)
+    assert row.counted_input is not None and f"resulted in {row.counted_input} tokens" in error["message"]
 
     # the Responses API's input is capped the same way
     r = await gw.post("/v1/responses", {"model": "gpt-4o-mini", "input": long, "max_output_tokens": 10})
