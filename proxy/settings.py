@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .settings_raw import BUILTIN_PRICES as BUILTIN_PRICES  # re-exported: the CLI names the builtin table
 from .settings_raw import ConfigError as ConfigError  # re-exported: every caller catches it from here
-from .settings_raw import apply_price_table, interpolate, load_price_table
+from .settings_raw import apply_price_table, interpolate, load_price_table, resolve_tokenizer_paths
+from .settings_tokenizer import TokenizerSettings
 
 Window = Literal["minute", "hour", "day", "week", "month"]
 
@@ -118,6 +119,7 @@ class ModelSettings(_Frozen):
     price: PriceSettings | None = None
     long_context: LongContextSettings | None = None
     precount: PrecountSettings | None = None  # for protocols counted without the model's tokenizer
+    tokenizer: TokenizerSettings | None = None  # a self-hosted model's own (chat, completions, embeddings)
 
 
 class BudgetSettings(_Frozen):
@@ -247,6 +249,14 @@ class Settings(_Frozen):
             _check_budgets(self, ("keys", i, "budgets"), key.budgets)
         return self
 
+    @model_validator(mode="after")
+    def _tokenizers(self) -> Settings:
+        for name, model in self.models.items():
+            bad = model.tokenizer.check(self.providers[model.provider].kind) if model.tokenizer else None
+            if bad is not None:
+                raise _PathError(("models", name, "tokenizer", bad[0]), bad[1])
+        return self
+
     def upstream_model(self, model: str) -> str:
         return self.models[model].upstream_model or model
 
@@ -298,6 +308,7 @@ def parse(raw: Any, *, base: Path = Path("."), env: Mapping[str, str] | None = N
     if raw.get("admin_key") == "":
         raw["admin_key"] = None  # ${QUOTAGATE_ADMIN_KEY:-} unset -> admin API off
     apply_price_table(raw, load_price_table(raw.get("price_table", "builtin"), base))
+    resolve_tokenizer_paths(raw, base)
     try:
         return Settings.model_validate(raw)
     except ValidationError as e:

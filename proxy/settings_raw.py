@@ -94,3 +94,17 @@ def _enabled(raw: dict[str, Any], path: tuple[str | int, ...], names: list[Any])
 def _is_mock(raw: dict[str, Any], name: str) -> bool:
     p = (raw.get("providers") or {}).get(name)
     return isinstance(p, dict) and p.get("kind") == "mock"
+
+
+def resolve_tokenizer_paths(raw: dict[str, Any], base: Path) -> None:
+    """A model's ``tokenizer.path`` (kind huggingface) and a ``chat_template`` file made absolute against
+    ``base`` (the config file's directory), as a relative SQLite store path is."""
+    models = raw.get("models")
+    for entry in models.values() if isinstance(models, dict) else ():
+        t = entry.get("tokenizer") if isinstance(entry, dict) else None
+        if not isinstance(t, dict) or t.get("kind") != "huggingface":
+            continue
+        for key in ("path", "chat_template"):
+            value = t.get(key)
+            if isinstance(value, str) and value and "{{" not in value and "{%" not in value:
+                t[key] = str((base / value).resolve())

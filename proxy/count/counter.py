@@ -61,7 +61,7 @@ def _resolve(model: str, encoding: str | None) -> tuple[str, bool]:
     return name, True
 
 
-def _buckets_for(roles: list[str | None]) -> list[str]:
+def buckets_for(roles: list[str | None]) -> list[str]:
     """system for system/developer; new from the latest user turn on (all of it when there is none)."""
     last_user = max((i for i, role in enumerate(roles) if role == "user"), default=0)
     return [
@@ -77,8 +77,18 @@ def _role(message: Any) -> str | None:
 class Counter:
     """Prompt/output token counter with a per-message LRU cache; safe to share across threads."""
 
-    def __init__(self, *, cache_bytes: int = 64 * 1024 * 1024) -> None:
-        self._cache = LRU(cache_bytes)
+    def __init__(self, *, cache_bytes: int = 64 * 1024 * 1024, shared: Counter | None = None) -> None:
+        # ``shared``: a model's own Counter (proxy/count/hf.py) shares the gateway's cache and model table
+        self._cache: LRU = shared._cache if shared is not None else LRU(cache_bytes)
+        self._models: dict[str, Counter] = shared._models if shared is not None else {}
+
+    def use(self, model: str, counter: Counter) -> None:
+        """Count the configured model ``model`` with ``counter`` (its own tokenizer) from now on."""
+        self._models[model] = counter
+
+    def for_model(self, model: str) -> Counter:
+        """The Counter of a configured model: the one ``use`` gave it, else this one."""
+        return self._models.get(model, self)
 
     @property
     def stats(self) -> CacheStats:
@@ -200,7 +210,7 @@ class Counter:
         ctx = self._ctx(model, encoding)
         if not isinstance(messages, list):  # not an array: one odd "message", counted as its JSON text
             messages = [] if messages is None else [messages]
-        buckets = _buckets_for([_role(m) for m in messages])
+        buckets = buckets_for([_role(m) for m in messages])
         slots = [self._slot(ctx, bucket, "j", m, count_message) for bucket, m in zip(buckets, messages, strict=True)]
         if tools is not None and tools != []:
             slots.append(self._slot(ctx, "tools", "f", tools, count_tools))
@@ -222,7 +232,7 @@ class Counter:
             roles.insert(0, "system")
         slots = [
             self._slot(ctx, bucket, "r", item, count_item)
-            for bucket, item in zip(_buckets_for(roles), items, strict=True)
+            for bucket, item in zip(buckets_for(roles), items, strict=True)
         ]
         if tools is not None and tools != []:
             slots.append(self._slot(ctx, "tools", "f", tools, count_tools))
@@ -235,7 +245,7 @@ class Counter:
         ctx = self._ctx(model, encoding)
         if not isinstance(messages, list):
             messages = [] if messages is None else [messages]
-        buckets = _buckets_for([_role(m) for m in messages])
+        buckets = buckets_for([_role(m) for m in messages])
         slots = [
             self._slot(ctx, bucket, "a", m, anthropic.count_message)
             for bucket, m in zip(buckets, messages, strict=True)
