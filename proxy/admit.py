@@ -210,8 +210,11 @@ class Admitter:
         (stored context, no prompt field) is reserved up to the policy's bound and settled from usage."""
         protocol, enc = req.endpoint.protocol, model.encoding
         est = await protocol.count(self._counter, req, model=upstream, encoding=enc)
-        if protocol.precount_scaled:  # no public tokenizer: the learned bound of the local count
-            est = self._precount.bound(req.model, est)
+        if protocol.precount_scaled:  # no public tokenizer: the provider's count, else the local bound
+            counted = await self._precount.provider_count(req.model, req, upstream)
+            est = (
+                self._precount.bound(req.model, est) if counted is None else Precount.counted_by_provider(est, counted)
+            )
         if req.unseen_input:
             est = est.with_unseen(policy.unseen_input_bound(team, model))
         return est

@@ -172,7 +172,7 @@ def build_gateway(
     def spawn(coro: Awaitable[None]) -> None:
         holder["gw"].spawn(coro)
 
-    precount = Precount(settings)
+    precount = Precount(settings, upstream)
     pipeline = Pipeline(settings, keyring, counter, accountant, upstream, ledger, metrics, spawn, precount)
     gw = holder["gw"] = Gateway(
         settings,

@@ -9,24 +9,33 @@ ratios are known it is the configured ``factor``. It never goes below ``min_fact
 
 The observations persist in the store as ledger rows (``counted_input`` is the local count,
 ``input_tokens`` the provider's), so a restarted process relearns the factor from its recent ledger.
-No I/O here except ``load``.
+
+With ``precount.source: provider`` the provider's own token-count endpoint is asked instead (Anthropic's
+``/messages/count_tokens``), cached per count body; when it does not answer in ``provider_timeout_s`` (or
+fails) the local bound is used, and the fallback is logged once per model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+import orjson
+
 from .count import Estimate, Parts
+from .parse import ParsedRequest
 from .settings import PrecountSettings, Settings
 from .store.base import Store
+from .upstream import Upstream
 
 log = logging.getLogger("quotagate")
 
 _MARGIN = 1.02
+_CACHED_COUNTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +62,11 @@ class _Model:
 
 
 class Precount:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, upstream: Upstream | None = None) -> None:
+        self._s = settings
+        self._upstream = upstream
+        self._counts: OrderedDict[bytes, int] = OrderedDict()  # digest of a count body -> the provider's count
+        self._fallback_logged: set[str] = set()
         self._models = {name: _Model(m.precount or PrecountSettings()) for name, m in settings.models.items()}
 
     def factor(self, model: str) -> Factor:
@@ -69,6 +82,41 @@ class Precount:
         p = est.parts
         new = p.new + tokens - est.tokens
         return Estimate(tokens, False, Parts(p.system, p.tools, p.history, new), est.unseen, est.tokens)
+
+    async def provider_count(self, model: str, req: ParsedRequest, upstream_model: str) -> int | None:
+        """The provider's count of ``req`` where the model asks for it (``precount.source: provider``) and the
+        protocol has a count endpoint; None: count locally."""
+        settings = self._s.models.get(model)
+        cfg = settings.precount if settings is not None else None
+        call = req.endpoint.protocol.count_request(req, upstream_model)
+        if settings is None or cfg is None or cfg.source != "provider" or call is None or self._upstream is None:
+            return None
+        path, body = call
+        key = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+        if (hit := self._counts.get(key)) is not None:
+            self._counts.move_to_end(key)
+            return hit
+        answer = await self._upstream.post_json(
+            self._s.providers[settings.provider], path, body, cfg.provider_timeout_s
+        )
+        n = answer.get("input_tokens") if isinstance(answer, dict) else None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            if model not in self._fallback_logged:
+                self._fallback_logged.add(model)
+                log.warning("model %s: the provider's token count did not answer in time; counting locally", model)
+            return None
+        self._counts[key] = n
+        if len(self._counts) > _CACHED_COUNTS:
+            self._counts.popitem(last=False)
+        return n
+
+    @staticmethod
+    def counted_by_provider(est: Estimate, tokens: int) -> Estimate:
+        """``est`` (the local count, before any unseen input is added) replaced by the provider's ``tokens``;
+        the difference goes to the latest turn."""
+        p = est.parts
+        new = max(p.new + tokens - est.tokens, 0)
+        return Estimate(tokens, False, Parts(p.system, p.tools, p.history, new))
 
     def observe(self, model: str, local: int, provider: int) -> None:
         m = self._models.get(model)

@@ -88,6 +88,10 @@ class PrecountSettings(_Frozen):
     times ``factor`` until ``min_samples`` requests have been seen, then times the ``quantile`` of the
     latest ``window`` ratios (provider count / local count) plus 2%, never below ``min_factor``."""
 
+    # local: the bundled encoding times the learned factor; provider: the provider's token-count endpoint
+    # (cached per request body), the local bound when it does not answer within `provider_timeout_s`
+    source: Literal["local", "provider"] = "local"
+    provider_timeout_s: float = Field(default=0.5, gt=0, le=30)
     factor: float = Field(default=1.5, ge=1.0, le=10.0)
     min_factor: float = Field(default=1.0, ge=0.5, le=10.0)
     quantile: float = Field(default=0.99, gt=0.5, le=1.0)

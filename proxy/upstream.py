@@ -7,10 +7,11 @@ against aiohttp's 3,300 through the same bare relay). One session and connection
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 
 from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
 from .parse import Endpoint
@@ -122,3 +123,20 @@ class Upstream:
             return await self._session.post(self.url(provider, endpoint, upstream_model), data=body, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as e:
             raise transport_error(e) from None
+
+    async def post_json(self, provider: ProviderSettings, path: str, body: Any, timeout_s: float) -> Any:
+        """A small side request of quotagate's own (a token count): the parsed JSON answer of a 2xx, else None;
+        never raises for the provider's failures (the caller has a fallback)."""
+        assert self._session is not None, "Upstream.start() was not awaited"
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        add_credentials(provider, headers)
+        try:
+            async with self._session.post(
+                provider.base_url + path,
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                return orjson.loads(await resp.read()) if resp.status < 300 else None
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+            return None

@@ -83,6 +83,11 @@ K = 20
 BURST_LIMIT = K * BURST_WORST + BURST_WORST - 1
 
 
+COUNTED_MSGS = messages("Counted by the provider before it is sent.")
+COUNTED_N = prompt_of(State(MockConfig()), {"model": HAIKU, "messages": COUNTED_MSGS}, HAIKU, cache=False).total
+COUNTED_LIMIT = 3 * (COUNTED_N + CAP) + (COUNTED_N + CAP) - 1  # three requests' worst case, one token short of four
+
+
 @dataclass
 class Gw:
     gw: Proc
@@ -113,6 +118,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
         "rpm": {"rate_limits": {"rpm": 1}},
         "burst": {"budgets": [{"window": "day", "tokens": BURST_LIMIT}]},
         "openai_only": {"models": ["gpt-4o-mini"]},
+        "counted": {"budgets": [{"window": "day", "tokens": COUNTED_LIMIT}]},
     }
     cfg = base_config(
         mock.url,
@@ -122,6 +128,12 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
             SONNET: {"provider": "anthropic", "context_window": 1_000_000},  # the 1M-context beta
             HAIKU: {"provider": "anthropic", "precount": {"min_samples": 8}},
             BURST_MODEL: {"provider": "anthropic", "upstream_model": HAIKU},
+            "claude-counted": {"provider": "anthropic", "upstream_model": HAIKU, "precount": {"source": "provider"}},
+            "claude-count-fallback": {
+                "provider": "anthropic",
+                "upstream_model": HAIKU,
+                "precount": {"source": "provider", "provider_timeout_s": 0.000001},
+            },
             "gpt-4o-mini": {"provider": "mock"},
         },
         teams=teams,
@@ -452,3 +464,31 @@ async def test_200_concurrent_messages_admit_exactly_the_budgets_worth(gw: Gw) -
         usage = (await http.get(gw.gw.url + "/admin/usage", params={"team": "burst"}, headers=ADMIN)).json()
     (report,) = usage["teams"][0]["usage"]
     assert (report["requests"], report["input_tokens"], report["output_tokens"]) == (200, K * provider, K * CAP)
+
+
+def test_a_provider_precount_reserves_the_providers_own_count(gw: Gw) -> None:
+    client = gw.client("sk-counted")
+    for i in range(3):  # the worst case is the provider's count + the cap: exactly three fit
+        client.messages.create(
+            model="claude-counted", max_tokens=CAP, messages=COUNTED_MSGS, extra_body={"mock": {"output_tokens": CAP}}
+        )
+        settled(gw.gw, "counted", (i + 1) * (COUNTED_N + CAP))  # the mock's input is its own count
+    with pytest.raises(anthropic.RateLimitError):
+        client.messages.create(model="claude-counted", max_tokens=CAP, messages=COUNTED_MSGS)
+    rows = ledger_rows(gw.store, "counted", 4)
+    assert sorted(r.counted_input or 0 for r in rows) == [COUNTED_N] * 4  # the provider's count, not the local one
+    counts = [
+        r
+        for r in mock_requests(gw.mock)
+        if r["path"] == "/v1/messages/count_tokens" and r["body"]["messages"] == COUNTED_MSGS
+    ]
+    assert counts and counts[-1]["headers"]["x-api-key"] == UPSTREAM_KEY
+    assert len(counts) == 1  # the same body is counted once, then from the cache
+
+
+def test_a_provider_precount_that_does_not_answer_falls_back_to_the_local_bound(gw: Gw) -> None:
+    resp = gw.client().messages.with_raw_response.create(
+        model="claude-count-fallback", max_tokens=CAP, messages=messages("fallback please")
+    )
+    row = row_of(gw, "app", resp.headers["x-quotagate-request-id"])
+    assert row.counted_input == local_count(None, messages("fallback please"), model=HAIKU)

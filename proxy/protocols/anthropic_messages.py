@@ -77,6 +77,11 @@ class AnthropicMessages(Adapter):
             return Usage(), None, None
         return from_anthropic(obj.get("usage")), None, obj
 
+    def count_request(self, req: ParsedRequest, upstream_model: str) -> tuple[str, dict[str, Any]] | None:
+        fields = ("messages", "system", "tools", "tool_choice", "thinking")
+        body = {k: req.body[k] for k in fields if k in req.body}
+        return "/messages/count_tokens", {"model": upstream_model, **body}
+
     def raw_usage(self, answer: Any) -> Any:
         return answer.get("usage") if isinstance(answer, dict) else None
 

@@ -78,6 +78,11 @@ class Adapter(ABC):
     def output_text(self, answer: Any) -> str:
         """Generated text of a parsed answer, counted when the provider reports no usage."""
 
+    def count_request(self, req: ParsedRequest, upstream_model: str) -> tuple[str, dict[str, Any]] | None:
+        """The provider's token-count call for this request, (path below base_url, JSON body), where the
+        protocol has one (a model's ``precount.source: provider``); None: it has none."""
+        return None
+
     def raw_usage(self, answer: Any) -> Any:
         """The provider's own usage object in a parsed answer, kept in the ledger as it came where it holds
         more than the normalised fields (None: it does not)."""
