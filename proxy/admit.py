@@ -209,7 +209,8 @@ class Admitter:
         """Whatever the body holds is counted (odd shapes as their JSON text, inexact); input out of sight
         (stored context, no prompt field) is reserved up to the policy's bound and settled from usage."""
         protocol, enc = req.endpoint.protocol, model.encoding
-        est = await protocol.count(self._counter, req, model=upstream, encoding=enc)
+        counter = self._counter.for_model(req.model)  # a self-hosted model's own tokenizer (proxy/tokenize.py)
+        est = await protocol.count(counter, req, model=upstream, encoding=enc)
         if protocol.precount_scaled:  # no public tokenizer: the provider's count, else the local bound
             counted = await self._precount.provider_count(req.model, req, upstream)
             est = (
@@ -230,10 +231,10 @@ class Admitter:
     ) -> tuple[Estimate, int | None]:
         """The team's context cap: refused, or trimmed where the protocol has a conversation to trim (the
         estimate of what is sent, and the tokens trimmed)."""
-        protocol, enc = req.endpoint.protocol, model.encoding
+        protocol, enc, counter = req.endpoint.protocol, model.encoding, self._counter.for_model(req.model)
 
         def recount(messages: list[Any]) -> int:
-            return protocol.count_messages(self._counter, req, messages, model=upstream, encoding=enc).tokens
+            return protocol.count_messages(counter, req, messages, model=upstream, encoding=enc).tokens
 
         turns = protocol.messages(req)
         kept, _, trimmed = policy.enforce_context(
@@ -242,7 +243,7 @@ class Admitter:
         if kept is None:
             return est, None
         req.set(req.endpoint.prompt_field, kept)
-        return protocol.count_messages(self._counter, req, kept, model=upstream, encoding=enc), trimmed
+        return protocol.count_messages(counter, req, kept, model=upstream, encoding=enc), trimmed
 
 
 def _admission(

@@ -20,6 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from . import tokenize
 from .admin import AdminServices
 from .auth import KeyRing
 from .budgets import BudgetsInForce
@@ -167,6 +168,7 @@ def build_gateway(
     counter = Counter()
     accountant = Accountant(settings, store, local, clock=clock, on_reaped=ledger.append)
     upstream = Upstream(settings)
+    tokenize.install(counter, settings, upstream)  # models with their own tokenizer get their own Counter
     holder: dict[str, Gateway] = {}
 
     def spawn(coro: Awaitable[None]) -> None:

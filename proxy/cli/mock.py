@@ -35,6 +35,7 @@ def cmd_mock_upstream(args: argparse.Namespace) -> int:
             tpot_s=args.tpot,
             default_output_tokens=args.output_tokens,
             api_key=args.api_key,
+            tokenizer=args.tokenizer,
         ),
     )
     return 0
@@ -58,4 +59,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     m.add_argument("--tpot", type=float, default=0.0, help="seconds per output token (default: 0)")
     m.add_argument("--output-tokens", type=int, default=16, help="tokens per answer (default: %(default)s)")
     m.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default: accept any request)")
+    m.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="a Hugging Face tokenizer.json (its chat template beside it): serve vLLM's POST /tokenize and count "
+        "prompt usage with it (default: none; usage counted with the bundled encodings)",
+    )
     m.set_defaults(fn=cmd_mock_upstream)

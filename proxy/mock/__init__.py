@@ -18,7 +18,8 @@ Anthropic, plain text) rather than going through `proxy.errors`.
 Modules: `config` (MockConfig, the per-request Controls), `state` (what the app keeps), `wire` (JSON and
 SSE framing, OpenAI error bodies, list pages), `gate` (the middleware: record, auth, injected faults),
 `text` (the deterministic output, usage), `stream` (the SSE sender with cuts and in-band errors), one module
-per endpoint (`chat`, `completions`, `embeddings`, `responses`), `objects` (stored chat completions,
+per endpoint (`chat`, `completions`, `embeddings`, `responses`, `tokenize`: vLLM's ``POST /tokenize`` with
+``--tokenizer PATH``, whose tokenizer then also counts prompt usage), `objects` (stored chat completions,
 conversations, models, recorded requests) and `server` (the app, `start`, `run`).
 """
 

@@ -16,6 +16,7 @@ class MockConfig:
     tpot_s: float = 0.0  # fixed time per output token (streams pace chunks by this)
     default_output_tokens: int = 16
     api_key: str | None = None  # if set, require `Authorization: Bearer <api_key>`
+    tokenizer: str | None = None  # a tokenizer.json: POST /tokenize, and prompt usage counted with it
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""The middleware in front of every /v1/ handler: record the request, check the key, inject faults."""
+"""The middleware in front of every /v1/ handler (and /tokenize): record the request, check the key, inject
+faults."""
 
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ def _azure_error(request: web.Request, key: str | None) -> web.Response | None:
 
 @web.middleware
 async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith(("/v1/", "/openai/")):
+    if not request.path.startswith(("/v1/", "/openai/")) and request.path != "/tokenize":
         return await handler(request)
     state = request.app[STATE]
     raw = await request.read() if request.body_exists else b""

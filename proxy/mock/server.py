@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -15,11 +16,12 @@ from .embeddings import embeddings
 from .gate import gate
 from .responses import compact, input_tokens, responses
 from .state import STATE, State
+from .tokenize import tokenize
 
 
 def build_app(config: MockConfig) -> web.Application:
     app = web.Application(middlewares=[gate], client_max_size=64 * 1024 * 1024)
-    app[STATE] = State(config)
+    app[STATE] = _state(config)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
@@ -53,9 +55,21 @@ def build_app(config: MockConfig) -> web.Application:
     app.router.add_post("/v1/conversations/{id}/items", objects.add_conversation_items)
     app.router.add_get("/v1/conversations/{id}/items/{item_id}", objects.get_conversation_item)
     app.router.add_delete("/v1/conversations/{id}/items/{item_id}", objects.delete_conversation_item)
+    app.router.add_post("/tokenize", tokenize)  # vLLM's, at the server's root
     app.router.add_get("/_mock/requests", objects.recorded_requests)
     app.router.add_delete("/_mock/requests", objects.clear_requests)
     return app
+
+
+def _state(config: MockConfig) -> State:
+    """With ``config.tokenizer``: prompt usage counted by that tokenizer, as a vLLM server serving it counts."""
+    if config.tokenizer is None:
+        return State(config)
+    from proxy.count import Counter
+    from proxy.count.hf import TokenizerCounter, load
+
+    hf = load(str(Path(config.tokenizer).resolve()))
+    return State(config, counter=TokenizerCounter(Counter(), hf), tokenizer=hf)
 
 
 @dataclass(slots=True)

@@ -6,13 +6,16 @@ import itertools
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from proxy.count import Counter
 
 from .config import Controls, MockConfig
+
+if TYPE_CHECKING:
+    from proxy.count.hf import HFTokenizer
 
 RECORDED_REQUESTS = 100
 
@@ -45,6 +48,7 @@ class State:
     completions: dict[str, StoredCompletion] = field(default_factory=dict)  # insertion order = created order
     conversations: dict[str, Conversation] = field(default_factory=dict)
     prompt_cache: dict[str, float] = field(default_factory=dict)  # Anthropic prefix digest -> expiry (monotonic)
+    tokenizer: HFTokenizer | None = None  # --tokenizer: POST /tokenize, and the counter counts with it
 
 
 @dataclass(frozen=True, slots=True)
