@@ -9,14 +9,21 @@ Long-context tiers (conventions.md section 8): when the request's input tokens (
 Cache writes (Anthropic) are input tokens at their own rates, by lifetime (5 minutes, 1 hour). A dimension
 the price table does not give is charged at the input rate and named in ``Price.unpriced``, so that its
 tokens are logged and counted (``quotagate_unpriced_tokens_total``).
+
+Service tiers (proxy/tiers.py): a request is priced at the tier the response says served it, each tier at its
+own rates (``price.tiers``, with the model's long-context tier applied to them as to the standard rates). A
+tier without a price is charged at the standard rates and counted as unpriced (dimension ``tiers.<name>``);
+admission refuses to ask for one where a budget needs every request priced.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, Decimal
+from typing import Any
 
-from .settings import ModelSettings
+from . import tiers as service_tiers
+from .settings import LongContextSettings, ModelSettings, TierPriceSettings
 from .usage import Usage
 
 _PICO = Decimal(1_000_000)
@@ -44,18 +51,35 @@ class Price:
     long: Rates | None = None
     above: int | None = None
     unpriced: frozenset[str] = frozenset()  # usage dimensions without a price: "cache_write_5m" | "cache_write_1h"
+    tiers: tuple[tuple[str, Price], ...] = ()  # the service tiers priced apart from the standard one, by name
 
     def rates(self, input_tokens: int) -> Rates:
         if self.long is not None and self.above is not None and input_tokens > self.above:
             return self.long
         return self.base
 
+    def at(self, tier: str | None) -> Price | None:
+        """The price at the service tier a response names (None, ``default``, ``standard``...: this one);
+        None when the model has no price for that tier."""
+        name = service_tiers.served(tier)
+        if name is None:
+            return self
+        return next((price for n, price in self.tiers if n == name), None)
+
+    def served(self, tier: str | None) -> Price:
+        """The price charged for a request served at ``tier``: a tier without a price at the standard rates."""
+        return self.at(tier) or self
+
     def cost(self, usage: Usage) -> int:
-        """Micro-USD for what was used; unknown fields count as zero."""
+        """Micro-USD for what was used, at the tier that served it; unknown fields count as zero."""
         return -(-sum(self.parts(usage).values()) // 1_000_000)
 
     def parts(self, usage: Usage) -> dict[str, int]:
-        """Pico-USD of ``usage`` by what was bought (``SPEND_TYPES``); they add up to ``cost`` before rounding."""
+        """Pico-USD of ``usage`` by what was bought (``SPEND_TYPES``), at the tier that served it; they add up
+        to ``cost`` before rounding."""
+        return self.served(usage.tier)._parts(usage)
+
+    def _parts(self, usage: Usage) -> dict[str, int]:
         inp = usage.input or 0
         cached = min(usage.cached_input or 0, inp)
         w5m = min(usage.cache_write_5m or 0, inp - cached)
@@ -69,18 +93,31 @@ class Price:
             "output": (usage.output or 0) * r.output,
         }
 
-    def worst_case(self, input_tokens: int, output_cap: int, *, cache_writes: bool = False) -> int:
+    def worst_case(
+        self, input_tokens: int, output_cap: int, *, cache_writes: bool = False, service_tier: Any = None
+    ) -> int:
         """Micro-USD of the most this request can cost: no cache hits, every allowed output token, and
         (``cache_writes``: the request marks content for the prompt cache) all input written at the dearest
-        write rate."""
+        write rate; at the dearest of the standard tier and the priced tiers the request's ``service_tier``
+        may be served at (the one it names; the account's, for ``auto`` or none: proxy/tiers.py)."""
+        found = (self.at(t) for t in service_tiers.reachable(service_tier))
+        return max(p._worst(input_tokens, output_cap, cache_writes) for p in (self, *(p for p in found if p)))
+
+    def _worst(self, input_tokens: int, output_cap: int, cache_writes: bool) -> int:
         r = self.rates(input_tokens)
         in_rate = max(r.input, *r.write_rates()) if cache_writes else r.input
         return -(-(input_tokens * in_rate + output_cap * r.output) // 1_000_000)
 
     def unpriced_tokens(self, usage: Usage) -> dict[str, int]:
-        """Tokens of ``usage`` in a dimension this model has no price for (charged at the input rate)."""
+        """Tokens of ``usage`` in a dimension this model has no price for: cache writes (charged at the input
+        rate), every token of a request served at a tier without a price (``tiers.<name>``: at the standard
+        rates)."""
+        price = self.at(usage.tier)
         found = {"cache_write_5m": usage.cache_write_5m or 0, "cache_write_1h": usage.cache_write_1h or 0}
-        return {dim: n for dim, n in found.items() if n and dim in self.unpriced}
+        out = {dim: n for dim, n in found.items() if n and dim in (price or self).unpriced}
+        if price is None and usage.tier is not None and usage.total:
+            out[f"tiers.{service_tiers.label(usage.tier)}"] = usage.total
+        return out
 
 
 def _pico(usd_per_million: Decimal) -> int:
@@ -91,6 +128,13 @@ def price_of(model: ModelSettings) -> Price:
     p = model.price
     if p is None:  # settings refuse such a config; kept for type narrowing
         raise ValueError("model has no price")
+    lc = model.long_context
+    tiers = tuple((name, _price(t, lc)) for name, t in sorted(p.tiers.items()))
+    return replace(_price(p, lc), tiers=tiers)
+
+
+def _price(p: TierPriceSettings, lc: LongContextSettings | None) -> Price:
+    """One tier's rates, and the long-context tier's made from them."""
     cached = p.cached_input if p.cached_input is not None else p.input
     w5m, w1h = p.cache_write_5m, p.cache_write_1h
     unpriced = frozenset(d for d, v in (("cache_write_5m", w5m), ("cache_write_1h", w1h)) if v is None)
@@ -106,7 +150,6 @@ def price_of(model: ModelSettings) -> Price:
 
     one = Decimal(1)
     base = rates(one, one, one, one)
-    lc = model.long_context
     if lc is None:
         return Price(base, unpriced=unpriced)
     long = rates(lc.input, lc.cached_input, lc.cache_write, lc.output)

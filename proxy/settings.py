@@ -22,6 +22,7 @@ from .settings_raw import BUILTIN_PRICES as BUILTIN_PRICES  # re-exported: the C
 from .settings_raw import ConfigError as ConfigError  # re-exported: every caller catches it from here
 from .settings_raw import apply_price_table, interpolate, load_price_table, resolve_tokenizer_paths
 from .settings_tokenizer import TokenizerSettings
+from .tiers import RESERVED as RESERVED_TIERS
 
 Window = Literal["minute", "hour", "day", "week", "month"]
 
@@ -66,13 +67,34 @@ class ProviderSettings(_Frozen):
         return self.api_key != ""
 
 
-class PriceSettings(_Frozen):
+class TierPriceSettings(_Frozen):
+    """Rates in USD per 1M tokens: the standard tier's (``price:``), or one service tier's."""
+
     input: Decimal = Field(ge=0)
     cached_input: Decimal | None = Field(default=None, ge=0)
     output: Decimal = Field(ge=0)
     # prompt-cache writes by lifetime (Anthropic); unset: charged at `input` and counted as unpriced
     cache_write_5m: Decimal | None = Field(default=None, ge=0)
     cache_write_1h: Decimal | None = Field(default=None, ge=0)
+
+
+class PriceSettings(TierPriceSettings):
+    # service tiers priced apart from the standard one (OpenAI flex, priority, scale; Anthropic priority),
+    # by the name a response gives them (proxy/tiers.py); a tier with no entry has no price
+    tiers: dict[str, TierPriceSettings] = Field(default_factory=dict)
+
+    @field_validator("tiers")
+    @classmethod
+    def _tier_names(cls, v: dict[str, TierPriceSettings]) -> dict[str, TierPriceSettings]:
+        for name in v:
+            if name in RESERVED_TIERS:
+                raise ValueError(
+                    f"`{name}` is not a tier of its own (the standard tier's rates are `price:` itself; `fast` is "
+                    f"priced as `priority`); remove tiers.{name}"
+                )
+            if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+                raise ValueError(f"tier name {name!r}: lowercase letters, digits, `_` and `-`, as a response names it")
+        return v
 
 
 class LongContextSettings(_Frozen):

@@ -53,7 +53,8 @@ def load_price_table(ref: str | None, base: Path) -> dict[str, Any]:
     return models
 
 
-_PRICE_FIELDS = ("input", "cached_input", "output", "cache_write_5m", "cache_write_1h")
+# a model's `price:` from the table, its service tiers included (a config's own `price:` replaces it whole)
+_PRICE_FIELDS = ("input", "cached_input", "output", "cache_write_5m", "cache_write_1h", "tiers")
 
 
 def apply_price_table(raw: dict[str, Any], table: Mapping[str, Any]) -> None:

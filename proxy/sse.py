@@ -169,7 +169,8 @@ class StreamTap:
             return False
         resp = obj.get("response")
         holder = resp if isinstance(resp, dict) and "usage" in resp else obj
-        usage = from_openai(holder.get("usage"))
+        # the served tier is in the same event: every chat chunk's `service_tier`, the Responses `response`'s
+        usage = from_openai(holder.get("usage"), holder.get("service_tier"))
         if usage.known:
             self.usage = usage
         fp = obj.get("system_fingerprint")
@@ -218,12 +219,12 @@ def _collect_message(msg: dict[str, Any], out: list[str]) -> None:
 
 
 def read_body(raw: bytes) -> tuple[Usage, str | None, Any]:
-    """A non-streamed response: (usage, system_fingerprint, parsed body or None)."""
+    """A non-streamed response: (usage and the tier that served it, system_fingerprint, parsed body or None)."""
     obj = _loads(raw)
     if not isinstance(obj, dict):
         return Usage(), None, None
     fp = obj.get("system_fingerprint")
-    return from_openai(obj.get("usage")), fp if isinstance(fp, str) else None, obj
+    return from_openai(obj.get("usage"), obj.get("service_tier")), fp if isinstance(fp, str) else None, obj
 
 
 def body_output_text(obj: Any) -> str:

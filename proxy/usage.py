@@ -24,6 +24,9 @@ a stream without usage (``include_usage`` ignored,      output counted from the 
 or cut before it)                                       from quotagate's own count (finish.py)
 Anthropic ``input_tokens`` + cache read + cache write   input = the three summed, cache writes by
                                                         lifetime (``from_anthropic``)
+OpenAI's top-level ``service_tier`` (a chat completion  tier = it, as named (proxy/tiers.py: priced at
+or chunk; a Responses ``response``), Anthropic's        it, ``default``/``standard`` at the standard
+``usage.service_tier``                                  rates); absent: None
 =====================================================  ==============================================
 """
 
@@ -42,13 +45,15 @@ class Usage:
     # input written to the prompt cache (Anthropic), by lifetime: priced at their own rates
     cache_write_5m: int | None = None
     cache_write_1h: int | None = None
+    tier: str | None = None  # the service tier the response says served it, as named (None: not said)
 
     @property
     def known(self) -> bool:
         return self.input is not None or self.output is not None
 
-    def or_counted(self, counted_input: int, counted_output: int) -> Usage:
-        """The provider's figures where given, quotagate's own counts where not."""
+    def or_counted(self, counted_input: int, counted_output: int, asked_tier: str | None = None) -> Usage:
+        """The provider's figures where given, quotagate's own counts where not; the tier the request asked
+        for (``asked_tier``) where the response names none."""
         return Usage(
             input=self.input if self.input is not None else counted_input,
             cached_input=self.cached_input or 0,
@@ -56,6 +61,7 @@ class Usage:
             reasoning=self.reasoning or 0,
             cache_write_5m=self.cache_write_5m or 0,
             cache_write_1h=self.cache_write_1h or 0,
+            tier=self.tier if self.tier is not None else asked_tier,
         )
 
     @property
@@ -67,10 +73,20 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def from_openai(usage: Any) -> Usage:
-    """Read a Chat/Completions/Embeddings ``usage`` or a Responses ``usage`` object."""
+def tier_of(value: Any) -> str | None:
+    """A ``service_tier`` value as a response gives it (None: absent, null or not a name)."""
+    return value if isinstance(value, str) and value else None
+
+
+def from_openai(usage: Any, service_tier: Any = None) -> Usage:
+    """Read a Chat/Completions/Embeddings ``usage`` or a Responses ``usage`` object, and the
+    ``service_tier`` of the object that holds it (kept when there is no usage to read)."""
     if not isinstance(usage, dict):
-        return Usage()
+        return Usage(tier=tier_of(service_tier))
+    return _openai(usage, tier_of(service_tier))
+
+
+def _openai(usage: dict[str, Any], tier: str | None) -> Usage:
     if "input_tokens" in usage or "output_tokens" in usage:  # Responses API
         in_details = usage.get("input_tokens_details") or {}
         out_details = usage.get("output_tokens_details") or {}
@@ -79,6 +95,7 @@ def from_openai(usage: Any) -> Usage:
             cached_input=_int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else None,
             output=_int(usage.get("output_tokens")),
             reasoning=_int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else None,
+            tier=tier,
         )
     p_details = usage.get("prompt_tokens_details") or {}
     c_details = usage.get("completion_tokens_details") or {}
@@ -99,6 +116,7 @@ def from_openai(usage: Any) -> Usage:
         cached_input=_int(p_details.get("cached_tokens")) if isinstance(p_details, dict) else None,
         output=completion,
         reasoning=reasoning,
+        tier=tier,
     )
 
 
@@ -106,7 +124,8 @@ def from_anthropic(usage: Any) -> Usage:
     """Anthropic's ``usage`` (a Messages response, or a stream's ``message_start`` usage merged with its
     last ``message_delta``, whose fields are running totals): ``input_tokens`` excludes the cache, so the
     input is ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``; the cache writes are
-    split by lifetime from ``cache_creation`` (5 minutes when it gives no split: the API's default)."""
+    split by lifetime from ``cache_creation`` (5 minutes when it gives no split: the API's default); the
+    tier is ``service_tier`` (``standard`` | ``priority`` | ``batch``)."""
     if not isinstance(usage, dict):
         return Usage()
     fresh = _int(usage.get("input_tokens"))
@@ -124,4 +143,5 @@ def from_anthropic(usage: Any) -> Usage:
         reasoning=_int(details.get("thinking_tokens")) if isinstance(details, dict) else None,
         cache_write_5m=w5m,
         cache_write_1h=w1h,
+        tier=tier_of(usage.get("service_tier")),
     )

@@ -3,14 +3,15 @@
 ``message_start`` carries the message id and the input usage (cache reads and writes included) with a
 first small ``output_tokens``; each ``message_delta`` carries running totals (``output_tokens`` always,
 input and cache fields when the API sends them). The usage is the start's merged with the last delta's,
-fields overwritten, never added. Until a ``message_delta`` arrives the output is unknown (``None``): a
-stream cut before it is charged the output counted from the text relayed. ``content_block_delta`` events
-are kept unread and read only if that count is needed.
+fields overwritten, never added (``service_tier`` comes with the start's usage). Until a ``message_delta``
+arrives the output is unknown (``None``): a stream cut before it is charged the output counted from the
+text relayed. ``content_block_delta`` events are kept unread and read only if that count is needed.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -90,7 +91,7 @@ class AnthropicTap:
         self.raw_usage = merged
         usage = from_anthropic(merged)
         if self._final is None:  # only message_start's placeholder output so far
-            usage = Usage(usage.input, usage.cached_input, None, None, usage.cache_write_5m, usage.cache_write_1h)
+            usage = replace(usage, output=None, reasoning=None)
         self.usage = usage if usage.input is not None or usage.output is not None else None
 
     def output_text(self) -> str:
