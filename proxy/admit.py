@@ -50,6 +50,7 @@ class Admission:
     seed: int | None = None
     price: Price | None = None
     reservation: Reservation | None = None
+    service_tier: str | None = None  # as the request asked (priced at it when the response names no tier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +177,11 @@ class Admitter:
             endpoint.protocol.apply(
                 req, model=upstream if upstream != name or name != requested else None, cap=cap.send
             )
-            price = self._prices[name]
+            price = self._price(name, req, who)
             worst_tokens = est.tokens + cap.worst_case
-            worst_usd = price.worst_case(est.tokens, cap.worst_case, cache_writes=req.cache_writes)
+            worst_usd = price.worst_case(
+                est.tokens, cap.worst_case, cache_writes=req.cache_writes, service_tier=req.service_tier
+            )
             seed = _seed(req.body.get("seed"))
             meta = LeaseMeta(
                 arrival.request_id,
@@ -202,6 +205,14 @@ class Admitter:
         if res is not None:
             headers.update(res.headers)
         return _admission(arrival, who, req, model, est, trimmed, seed, price, res), Outbound(req, model, headers)
+
+    def _price(self, name: str, req: ParsedRequest, who: Principal) -> Price:
+        """The model's price; a service tier it has no price for is refused where a budget applies."""
+        price = self._prices[name]
+        policy.check_service_tier(
+            name, price, req.service_tier, lambda: self._accountant.budgeted(who.team, who.digest)
+        )
+        return price
 
     async def _count(
         self, req: ParsedRequest, model: ModelSettings, upstream: str, team: TeamSettings | None
@@ -273,6 +284,7 @@ def _admission(
         seed,
         price,
         res,
+        req.service_tier,
     )
 
 

@@ -149,6 +149,10 @@ class BudgetsInForce:
             hit = self._limits_cache[(team, key_digest)] = self._build_limits(team, key_digest, now)
         return hit
 
+    def budgeted(self, team: str, key_digest: str) -> bool:
+        """A budget (of the team, runtime overrides included, or of the key) applies to its requests."""
+        return any(lim.budget is not None for lim in self.limits(team, key_digest, self._clock()))
+
     def _build_limits(self, team: str, key_digest: str, now: float) -> list[Limit]:
         t = self._s.teams.get(team)
         k = self._keys.get(key_digest)

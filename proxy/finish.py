@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from . import tiers
 from .admit import Admission
 from .forward import Relayed
 from .ledger import Ledger
@@ -56,7 +57,8 @@ class Finisher:
         """What the request used and costs: billed when the provider served it (or broke off a stream it had
         started); the object it created is known at once, before the client can name it in a next request."""
         est = adm.estimate
-        used = relayed.usage.or_counted(est.tokens if est is not None else 0, relayed.counted_output or 0)
+        counted_in = est.tokens if est is not None else 0
+        used = relayed.usage.or_counted(counted_in, relayed.counted_output or 0, tiers.explicit(adm.service_tier))
         charged = relayed.outcome in _SERVED or (relayed.outcome == "upstream_error" and relayed.ttft is not None)
         cost = adm.price.cost(used) if charged and adm.price is not None else 0
         if not charged:
@@ -73,18 +75,20 @@ class Finisher:
         if est is not None and est.local is not None and reported and not est.unseen:
             self._precount.observe(adm.model, est.local, reported)
             self._metrics.set_precount(adm.model, self._precount.factor(adm.model).value)
-        if adm.price is not None and adm.price.unpriced:
+        if adm.price is not None and (adm.price.unpriced or tiers.served(relayed.usage.tier) is not None):
             for dimension, tokens in adm.price.unpriced_tokens(relayed.usage).items():
                 self._metrics.count_unpriced(adm.model, dimension, tokens)
                 if (adm.model, dimension) not in self._unpriced_logged:
                     self._unpriced_logged.add((adm.model, dimension))
+                    tier = dimension.startswith("tiers.")
+                    key = f"tiers.{relayed.usage.tier}" if tier else dimension  # the name, not the label
                     log.warning(
-                        "model %s reports %s tokens but has no price for them: charged at its input rate "
-                        "(set models.%s.price.%s)",
+                        "model %s reports %s tokens but has no price for them: charged at %s (set models.%s.price.%s)",
                         adm.model,
-                        dimension,
+                        key,
+                        "its standard rates" if tier else "its input rate",
                         adm.model,
-                        dimension,
+                        key,
                     )
 
     def attempt_failed(self, adm: Admission, relayed: Relayed) -> None:
@@ -134,6 +138,7 @@ def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRe
         cache_write_5m_tokens=r.usage.cache_write_5m,
         cache_write_1h_tokens=r.usage.cache_write_1h,
         usage_raw=orjson.dumps(r.usage_raw).decode() if r.usage_raw is not None else None,
+        service_tier=r.usage.tier,
     )
 
 

@@ -7,8 +7,7 @@ Names are a contract (dashboards/ and dashboards/alerts.yml query them):
   ``gen_ai_client_token_usage`` (+ ``gen_ai_token_type`` input|output),
   ``gen_ai_client_operation_duration_seconds`` (+ ``error_type``, always present, ``""`` on success, so
   every request lands in one family and ``error_type!=""`` selects failures),
-  ``gen_ai_server_time_to_first_token_seconds`` and ``gen_ai_server_time_per_output_token_seconds``
-  (streams only).
+  ``gen_ai_server_time_to_first_token_seconds`` and ``gen_ai_server_time_per_output_token_seconds`` (streams only).
 * Governance, prefix ``quotagate_``, labelled ``team`` and ``model``: tokens, spend (USD), requests by
   outcome, input parts, trimmed tokens, count drift, proxy overhead, and per-budget limit/used gauges.
 
@@ -240,7 +239,7 @@ class Metrics:
         )
         self.unpriced_tokens = Counter(
             "quotagate_unpriced_tokens",
-            "Tokens in a usage dimension the model has no price for (charged at its input rate), by dimension.",
+            "Tokens in a usage dimension the model has no price for: cache writes, a service tier (tiers.<name>).",
             ["model", "dimension"],
             registry=r,
         )

@@ -1,8 +1,8 @@
 """Raw request JSON -> a typed view of the governed fields (``ParsedRequest``), the rest left untouched.
 
-Only the fields quotagate governs are read (model, stream, stream_options, the output caps, the prompt)
-and only those are ever rewritten; ``body_bytes()`` returns the client's bytes unchanged when nothing
-was patched.
+Only the fields quotagate governs are read (model, stream, stream_options, the output caps, the prompt,
+the service tier) and only those are ever rewritten; ``body_bytes()`` returns the client's bytes unchanged
+when nothing was patched.
 
 Validation is the provider's job: a body is refused here only when quotagate itself cannot govern it
 (not JSON, not an object, no model to route and price by, an output cap that is not an integer, a
@@ -60,6 +60,9 @@ class ParsedRequest:
     # the request marks content for the provider's prompt cache (Anthropic `cache_control`): its input may
     # be written to the cache, at a dearer rate than plain input
     cache_writes: bool = False
+    # the service tier asked for (OpenAI auto | default | flex | priority | scale, Anthropic auto |
+    # standard_only; None: absent or not a string): priced and reserved by proxy/tiers.py's rules
+    service_tier: str | None = None
     patched: bool = field(default=False)
 
     def set(self, key: str, value: Any) -> None:
@@ -143,4 +146,6 @@ def parse(endpoint: Endpoint, raw: bytes, *, stream_options: bool) -> ParsedRequ
         if v is not None and cap is None:
             cap = v
     unseen = body.get(endpoint.prompt_field) is None or any(body.get(k) is not None for k in endpoint.stored_context)
-    return ParsedRequest(endpoint, body, raw, model, stream, wants_usage, cap, unseen)
+    tier = body.get("service_tier")
+    tier = tier if isinstance(tier, str) else None
+    return ParsedRequest(endpoint, body, raw, model, stream, wants_usage, cap, unseen, service_tier=tier)

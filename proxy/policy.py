@@ -1,4 +1,5 @@
-"""A team's request rules: context cap (reject or trim), output cap, model access. Pure; no I/O.
+"""A team's request rules: context cap (reject or trim), output cap, model access, a service tier that
+has no price. Pure; no I/O.
 
 Trimming drops the oldest conversation turns until the input fits the team's cap. System and developer
 messages and the latest user turn (with everything after it) always stay; an assistant message that
@@ -16,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import tiers
 from .errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 from .parse import Endpoint
+from .pricing import Price
 from .protocols import ENDPOINTS
 from .settings import MODE_ENDPOINTS, ModelSettings, Settings, TeamSettings
 
@@ -45,6 +48,23 @@ def check_mode(name: str, model: ModelSettings, endpoint: Endpoint) -> None:
         f"use it on {serves} (quotagate: models.{name}.mode).",
         param="model",
         code="model_not_supported",
+    )
+
+
+def check_service_tier(name: str, price: Price, asked: str | None, budgeted: Callable[[], bool]) -> None:
+    """A request that names a service tier the model has no price for, on a team or key with a budget
+    (``budgeted``, asked only then): 400 naming the model, the tier and the config key that prices it.
+    Without budgets it is forwarded as it is (and charged at the standard rates if served at that tier)."""
+    tier = tiers.explicit(asked)
+    if tier is None or price.at(tier) is not None or not budgeted():
+        return
+    named = f"'{tier}'" if asked == tier else f"'{asked}' ({tier})"
+    raise InvalidRequest(
+        f"The model `{name}` has no price for service_tier {named}, and a budget applies to this request, so "
+        f"every request must be priced. Leave service_tier out (or send 'auto'), or have it priced "
+        f"(quotagate: models.{name}.price.tiers.{tier}).",
+        param="service_tier",
+        code="service_tier_not_priced",
     )
 
 

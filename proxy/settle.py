@@ -10,7 +10,7 @@ In request order::
 
 ``Accountant`` builds the three services and forwards the pipeline's calls (``reserve``, ``settle``,
 ``release``, ``extend``, ``renew_at``, ``downgrade_target``) to ``Reservations``, which has the same
-methods: once the pipeline takes a ``Reservations``, this facade goes.
+methods, and ``budgeted`` to ``BudgetsInForce``: once the pipeline takes a ``Reservations``, this facade goes.
 """
 
 from __future__ import annotations
@@ -70,3 +70,6 @@ class Accountant:
 
     def downgrade_target(self, team: str, key_digest: str, model: str) -> BudgetSettings | None:
         return self.reservations.downgrade_target(team, key_digest, model)
+
+    def budgeted(self, team: str, key_digest: str) -> bool:
+        return self.budgets.budgeted(team, key_digest)

@@ -132,6 +132,7 @@ class LedgerRecord:
     cache_write_5m_tokens: int | None = None
     cache_write_1h_tokens: int | None = None
     usage_raw: str | None = None  # the provider's usage object, JSON as it came
+    service_tier: str | None = None  # the tier the response says served it, as named (None: not said)
 
 
 @dataclass(frozen=True, slots=True)
