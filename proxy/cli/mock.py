@@ -18,6 +18,7 @@ fault modes and behaviour, per request: a `mock` object in the JSON body, or `x-
   cached_tokens=N      report N cached prompt tokens
   reasoning_tokens=N   add N reasoning tokens (part of the completion tokens)
   tpot_s=F             seconds per output token for this request (default: --tpot)
+  service_tier=NAME    say the answer was served at this tier (default: the tier asked for, else standard)
 example: curl -H 'x-mock-status: 429' ...   or   {"model": ..., "mock": {"cut_after": 3}}
 the last requests received are at GET /_mock/requests (DELETE clears them)
 """

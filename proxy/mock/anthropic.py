@@ -24,7 +24,7 @@ from .chat import fake_value
 from .config import Controls
 from .state import CTX, STATE, State, new_id
 from .stream import send_stream, sleep, time_per_token, time_to_first_token
-from .text import Plan, int_field, model_of, plan_text
+from .text import Plan, int_field, model_of, plan_text, served_tier
 from .wire import BadRequest, event_frame, json_response
 
 TOKENIZER_RATIO = 1.17
@@ -105,14 +105,14 @@ def prompt_of(state: State, body: dict[str, Any], model: str, *, cache: bool = T
     return Prompt(total, 0, prefix if ttl == "5m" else 0, prefix if ttl == "1h" else 0)
 
 
-def _usage(prompt: Prompt, output: int) -> dict[str, Any]:
+def _usage(prompt: Prompt, output: int, tier: str) -> dict[str, Any]:
     return {
         "input_tokens": prompt.fresh,
         "cache_creation_input_tokens": prompt.write_5m + prompt.write_1h,
         "cache_read_input_tokens": prompt.read,
         "cache_creation": {"ephemeral_5m_input_tokens": prompt.write_5m, "ephemeral_1h_input_tokens": prompt.write_1h},
         "output_tokens": output,
-        "service_tier": "standard",
+        "service_tier": tier,
     }
 
 
@@ -171,7 +171,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         "stop_sequence": None,
     }
     if not ctl.no_usage:
-        out["usage"] = _usage(prompt, plan.completion)
+        out["usage"] = _usage(prompt, plan.completion, served_tier(body, ctl, "standard"))
     ttft, tpot = time_to_first_token(state.config, prompt.total), time_per_token(state.config, ctl)
     if body.get("stream") is not True:
         await sleep(ttft + tpot * len(plan.pieces))

@@ -15,7 +15,7 @@ from proxy.encodings import get_encoding
 from .config import Controls
 from .state import CTX, STATE, State, StoredCompletion, new_id
 from .stream import error_frame, send_stream, sleep, time_per_token, time_to_first_token
-from .text import Plan, chat_usage, encoding_for, fingerprint, model_of, plan_text, stream_flags
+from .text import Plan, chat_usage, encoding_for, fingerprint, model_of, plan_text, served_tier, stream_flags
 from .wire import DONE, BadRequest, data_frame, json_response
 
 
@@ -118,13 +118,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": fingerprint(body),
+        "service_tier": served_tier(body, ctl, "default"),
     }
     ttft, tpot = time_to_first_token(state.config, prompt), time_per_token(state.config, ctl)
     out = {
         **base,
         "object": "chat.completion",
         "choices": [{"index": 0, "message": _message(plan), "logprobs": None, "finish_reason": plan.finish}],
-        "service_tier": "default",
     }
     if not ctl.no_usage:
         out["usage"] = chat_usage(plan)
@@ -140,7 +140,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def _send_chunks(
     request: web.Request, ctl: Controls, ttft: float, tpot: float, base: dict[str, Any], plan: Plan, with_usage: bool
 ) -> web.StreamResponse:
-    head = {**base, "object": "chat.completion.chunk", "service_tier": "default"}
+    head = {**base, "object": "chat.completion.chunk"}
     if with_usage:
         head["usage"] = None
 

@@ -33,6 +33,7 @@ class Controls:
     cached_tokens: int = 0
     reasoning_tokens: int = 0  # added to completion tokens (reasoning is part of them)
     tpot_s: float | None = None
+    service_tier: str | None = None  # the tier the response says served it, whatever the request asked
 
 
 NO_CONTROLS = Controls()
@@ -87,6 +88,10 @@ def parse_controls(body_mock: Any, headers: Mapping[str, str]) -> Controls:
             values[name] = _as_float(name, value)
         elif name == "no_usage":
             values[name] = value is True or (isinstance(value, str) and value.lower() in ("1", "true", "yes"))
+        elif name == "service_tier":
+            if not isinstance(value, str) or not value:
+                raise BadRequest("mock.service_tier must be a non-empty string", "mock.service_tier")
+            values[name] = value
         elif name == "error_shape":
             if value not in ERROR_SHAPES:
                 raise BadRequest(f"mock.error_shape must be one of {sorted(ERROR_SHAPES)}", "mock.error_shape")

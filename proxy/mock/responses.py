@@ -14,12 +14,12 @@ from aiohttp import web
 from .config import Controls
 from .state import CTX, STATE, Conversation, State, StoredResponse, input_items, new_id
 from .stream import send_stream, sleep, time_per_token, time_to_first_token
-from .text import Plan, encoding_for, model_of, plan_text, responses_usage
+from .text import Plan, encoding_for, model_of, plan_text, responses_usage, served_tier
 from .wire import BadRequest, event_frame, json_response, not_found, openai_error
 
 
 def _response_object(
-    rid: str, body: Mapping[str, Any], model: str, created: int, status: str, output: list[Any], usage: Any
+    rid: str, body: Mapping[str, Any], model: str, created: int, status: str, output: list[Any], usage: Any, tier: str
 ) -> dict[str, Any]:
     return {
         "id": rid,
@@ -36,7 +36,7 @@ def _response_object(
         "parallel_tool_calls": True,
         "previous_response_id": body.get("previous_response_id"),
         "reasoning": {"effort": None, "summary": None},
-        "service_tier": "default",
+        "service_tier": tier,
         "store": body.get("store") is not False,
         "temperature": 1.0,
         "text": {"format": {"type": "text"}},
@@ -63,12 +63,12 @@ class _Answer:
     part: dict[str, Any]
     item: dict[str, Any]
     usage: Any
+    tier: str  # the service tier it says served it
 
     def response(self, status: str | None = None) -> dict[str, Any]:
         """The response object: done (with the message and usage), or ``status`` with no output yet."""
-        if status is not None:
-            return _response_object(self.rid, self.body, self.model, self.created, status, [], None)
-        return _response_object(self.rid, self.body, self.model, self.created, self.status, [self.item], self.usage)
+        at, output, usage = (self.status, [self.item], self.usage) if status is None else (status, [], None)
+        return _response_object(self.rid, self.body, self.model, self.created, at, output, usage, self.tier)
 
     def where(self) -> dict[str, Any]:
         return {"item_id": self.item["id"], "output_index": 0, "content_index": 0}
@@ -137,7 +137,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     usage = None if ctl.no_usage else responses_usage(plan)
     part = {"type": "output_text", "text": plan.text, "annotations": [], "logprobs": []}
     item = {"id": mid, "type": "message", "status": status, "role": "assistant", "content": [part]}
-    answer = _Answer(rid, body, model, created, status, plan, part, item, usage)
+    answer = _Answer(rid, body, model, created, status, plan, part, item, usage, served_tier(body, ctl, "default"))
     ttft, tpot = time_to_first_token(state.config, prompt), time_per_token(state.config, ctl)
     if conversation is not None:
         conversation.items += [*input_items(state, body["input"]), item]

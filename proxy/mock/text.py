@@ -81,6 +81,17 @@ def plan_text(state: State, body: Mapping[str, Any], ctl: Controls, prompt: int,
     )
 
 
+def served_tier(body: Mapping[str, Any], ctl: Controls, standard: str) -> str:
+    """The tier the answer says served it: ``mock.service_tier``, else the tier the request names (OpenAI's
+    flex, priority, scale), else the standard tier's name (``default`` on OpenAI, ``standard`` on Anthropic)."""
+    if ctl.service_tier is not None:
+        return ctl.service_tier
+    asked = body.get("service_tier")
+    if isinstance(asked, str) and asked not in ("", "auto", "default", "standard", "standard_only"):
+        return "priority" if asked == "fast" else asked  # OpenAI: fast is priority
+    return standard
+
+
 def encoding_for(model: str) -> str:
     return encoding_name_for_model(model) or "o200k_base"
 
