@@ -139,15 +139,17 @@ async def _openapi(request: Request) -> dict[str, Any]:
 def _budgets_given(body: Budgets | list[dict[str, Any]], models: Collection[str]) -> list[BudgetSettings]:
     """The PUT body's budgets, validated as the config's are (one per window and unit, known models)."""
     given = body.budgets if isinstance(body, Budgets) else body  # {"budgets": [...]}, or the bare list
-    try:
-        budgets = [BudgetSettings.model_validate(b) for b in given]
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidRequest(f"budgets.{where}: {first['msg']}", param="budgets") from None
-    for b in budgets:
+    budgets: list[BudgetSettings] = []
+    for i, b in enumerate(given):  # errors name the budget's index, as config errors do
+        try:
+            budgets.append(BudgetSettings.model_validate(b))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in (i, *first["loc"]))
+            raise InvalidRequest(f"budgets.{where}: {first['msg']}", param="budgets") from None
+    for i, b in enumerate(budgets):
         if b.downgrade_to is not None and b.downgrade_to not in models:
-            raise InvalidRequest(f"unknown model {b.downgrade_to!r} in downgrade_to", param="budgets")
+            raise InvalidRequest(f"budgets.{i}.downgrade_to: unknown model {b.downgrade_to!r}", param="budgets")
     dup = duplicate_budget(budgets)
     if dup is not None:
         raise InvalidRequest(f"budgets.{dup[1]}: {duplicate_budget_message(budgets, dup)}", param="budgets")

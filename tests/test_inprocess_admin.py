@@ -130,12 +130,18 @@ async def test_a_budget_override_is_in_force_at_once_and_survives_a_restart(tmp_
 @pytest.mark.parametrize(
     ("budgets", "message"),
     [
-        ([{"window": "fortnight", "tokens": 5}], "window: Input should be 'minute', 'hour', 'day', 'week' or 'month'"),
-        ([{"window": "day", "tokens": 5, "usd": 1}], "Value error, give exactly one of `tokens` or `usd`"),
-        ([{"window": "day", "tokens": -1}], "tokens: Input should be greater than 0"),
+        (
+            [{"window": "fortnight", "tokens": 5}],
+            "budgets.0.window: Input should be 'minute', 'hour', 'day', 'week' or 'month'",
+        ),
+        (
+            [{"window": "day", "tokens": 5}, {"window": "week", "tokens": 5, "usd": 1}],
+            "budgets.1: Value error, give exactly one of `tokens` or `usd`",
+        ),
+        ([{"window": "day", "tokens": -1}], "budgets.0.tokens: Input should be greater than 0"),
         (
             [{"window": "day", "usd": 1, "warn_at": 0.5, "downgrade_to": "gpt-5"}],
-            "unknown model 'gpt-5' in downgrade_to",
+            "budgets.0.downgrade_to: unknown model 'gpt-5'",
         ),
     ],
 )
@@ -146,8 +152,7 @@ async def test_an_invalid_override_is_refused_and_changes_nothing(
     assert r.status_code == 400, r.text
     error = error_of(r.json())
     assert (error["type"], error["param"]) == ("invalid_request_error", "budgets")
-    # (which budget of the list is not named: each is validated alone, so the index is lost)
-    assert message in error["message"]
+    assert error["message"].startswith(message)  # the budget's index named, as in config errors
     current = (await gw.admin("GET", "/admin/teams/research/budgets")).json()["budgets"]
     assert current == [{"window": "day", "tokens": 5000}, {"window": "month", "usd": "2"}]
 
