@@ -140,16 +140,16 @@ def _budgets_given(body: Budgets | list[dict[str, Any]], models: Collection[str]
     """The PUT body's budgets, validated as the config's are (one per window and unit, known models)."""
     given = body.budgets if isinstance(body, Budgets) else body  # {"budgets": [...]}, or the bare list
     budgets: list[BudgetSettings] = []
-    for i, b in enumerate(given):  # errors name the budget's index, as config errors do
+    for i, raw in enumerate(given):  # errors name the budget's index, as config errors do
         try:
-            budgets.append(BudgetSettings.model_validate(b))
+            budgets.append(BudgetSettings.model_validate(raw))
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in (i, *first["loc"]))
             raise InvalidRequest(f"budgets.{where}: {first['msg']}", param="budgets") from None
-    for i, b in enumerate(budgets):
-        if b.downgrade_to is not None and b.downgrade_to not in models:
-            raise InvalidRequest(f"budgets.{i}.downgrade_to: unknown model {b.downgrade_to!r}", param="budgets")
+    for i, budget in enumerate(budgets):
+        if budget.downgrade_to is not None and budget.downgrade_to not in models:
+            raise InvalidRequest(f"budgets.{i}.downgrade_to: unknown model {budget.downgrade_to!r}", param="budgets")
     dup = duplicate_budget(budgets)
     if dup is not None:
         raise InvalidRequest(f"budgets.{dup[1]}: {duplicate_budget_message(budgets, dup)}", param="budgets")
