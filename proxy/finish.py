@@ -60,14 +60,15 @@ class Finisher:
         counted_in = est.tokens if est is not None else 0
         used = relayed.usage.or_counted(counted_in, relayed.counted_output or 0, tiers.explicit(adm.service_tier))
         charged = relayed.outcome in _SERVED or (relayed.outcome == "upstream_error" and relayed.ttft is not None)
-        cost = adm.price.cost(used) if charged and adm.price is not None else 0
+        parts = adm.price.parts(used) if charged and adm.price is not None else None  # pico-USD by type
+        cost = -(-sum(parts.values()) // 1_000_000) if parts is not None else 0  # Price.cost, priced once
         if not charged:
             used = _NOTHING
         else:
             self._learn(adm, relayed)
         if self.objects is not None and relayed.object_id is not None:
             self._spawn(self.objects.created(adm.endpoint, relayed.object_id, adm.team, relayed.provider))
-        self._spawn(self._settle_and_record(adm, relayed, used, cost, charged))
+        self._spawn(self._settle_and_record(adm, relayed, used, cost, charged, parts if cost else None))
 
     def _learn(self, adm: Admission, relayed: Relayed) -> None:
         """What a served request teaches: how far off a scaled local count was, and tokens without a price."""
@@ -75,7 +76,8 @@ class Finisher:
         if est is not None and est.local is not None and reported and not est.unseen:
             self._precount.observe(adm.model, est.local, reported)
             self._metrics.set_precount(adm.model, self._precount.factor(adm.model).value)
-        if adm.price is not None and (adm.price.unpriced or tiers.served(relayed.usage.tier) is not None):
+        u = relayed.usage  # a dimension without a price can only be a cache write or a non-standard tier
+        if adm.price is not None and (u.cache_write_5m or u.cache_write_1h or tiers.served(u.tier) is not None):
             for dimension, tokens in adm.price.unpriced_tokens(relayed.usage).items():
                 self._metrics.count_unpriced(adm.model, dimension, tokens)
                 if (adm.model, dimension) not in self._unpriced_logged:
@@ -97,12 +99,14 @@ class Finisher:
         self._ledger.append(_record(adm, relayed, 0, charged=False))
         self._metrics.record(_observed(adm, relayed, _NOTHING, 0))
 
-    async def _settle_and_record(self, adm: Admission, relayed: Relayed, used: Usage, cost: int, charged: bool) -> None:
+    async def _settle_and_record(
+        self, adm: Admission, relayed: Relayed, used: Usage, cost: int, charged: bool, parts: dict[str, int] | None
+    ) -> None:
         if adm.reservation is not None:
             await self._accountant.settle(adm.reservation, used.total, cost)
         request_finished(adm, relayed, cost, self._s.providers)
         self._ledger.append(_record(adm, relayed, cost, charged=charged))
-        self._metrics.record(_observed(adm, relayed, used, cost))
+        self._metrics.record(_observed(adm, relayed, used, cost, parts))
 
 
 def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRecord:
@@ -142,7 +146,9 @@ def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRe
     )
 
 
-def _observed(adm: Admission, r: Relayed, used: Usage, cost: int) -> RequestOutcome:
+def _observed(
+    adm: Admission, r: Relayed, used: Usage, cost: int, spend: dict[str, int] | None = None
+) -> RequestOutcome:
     elapsed = r.t_end - adm.t0
     est = adm.estimate
     parts = est.parts if est is not None else None
@@ -173,5 +179,5 @@ def _observed(adm: Admission, r: Relayed, used: Usage, cost: int) -> RequestOutc
         reported_input=r.usage.input,
         cache_write_5m_tokens=used.cache_write_5m,
         cache_write_1h_tokens=used.cache_write_1h,
-        spend_parts=adm.price.parts(used) if cost and adm.price is not None else None,
+        spend_parts=spend,
     )
