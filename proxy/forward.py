@@ -167,7 +167,7 @@ class Forwarder:
         usage, fingerprint, obj = protocol.read_answer(raw)
         counted = None
         if not usage.known and adm.endpoint.has_output:
-            counted = self._counter.text(protocol.output_text(obj), encoding=out.model.encoding)
+            counted = self._counter.for_model(adm.model).text(protocol.output_text(obj), encoding=out.model.encoding)
         object_id = protocol.object_id(obj) if protocol.stored(out.req) else None
         return Relayed(
             connected.provider,
@@ -216,7 +216,7 @@ class Forwarder:
         waited = connected.upstream_s()
         counted = None  # the output the provider did not report (a stream cut before its usage): counted
         if tap.usage is None or tap.usage.output is None:
-            counted = self._counter.text(tap.output_text(), encoding=out.model.encoding)
+            counted = self._counter.for_model(adm.model).text(tap.output_text(), encoding=out.model.encoding)
         return Relayed(
             connected.provider,
             resp.status,

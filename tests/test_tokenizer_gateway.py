@@ -7,6 +7,7 @@ and encoded by the ``tokenizers`` library (tests/hf_files.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,20 @@ def test_completions_and_embeddings_count_with_the_tokenizers_special_tokens(gw:
     assert r.status_code == 200, r.text
     row = gw.row("srv", r.headers["x-quotagate-request-id"])
     assert row.counted_input == want + count(gw.tokenizer, "red", special=True)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_output_without_usage_is_counted_with_the_tokenizer(gw: Gw, stream: bool) -> None:
+    body = {**chat("llama-hf"), "stream": stream, "mock": {"output_tokens": CAP, "no_usage": True}}
+    r = gw.post("/v1/chat/completions", body, "sk-srv")
+    assert r.status_code == 200, r.text
+    if stream:
+        chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    else:
+        text = r.json()["choices"][0]["message"]["content"]
+    row = gw.row("srv", r.headers["x-quotagate-request-id"])
+    assert row.output_tokens is None and row.counted_output == count(gw.tokenizer, text) != CAP
 
 
 def test_kind_server_counts_with_the_servers_tokenize(gw: Gw) -> None:

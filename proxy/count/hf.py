@@ -266,6 +266,10 @@ class TokenizerCounter(Counter):
             return await asyncio.to_thread(self.hf.count_chat, key, messages, tools)
         return self.hf.count_chat(key, messages, tools)
 
+    def text(self, text: str, *, encoding: str | None) -> int:
+        """Generated text the provider reported no usage for: its tokens, no special tokens added."""
+        return len(self.hf.ids(text, special=False))
+
     def completion(self, prompt: Any, *, model: str, encoding: str | None) -> Estimate:
         tokens, exact = self.hf.prompt(prompt)
         return Estimate(tokens, exact, Parts(0, 0, 0, tokens))
