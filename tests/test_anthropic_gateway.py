@@ -29,7 +29,7 @@ from proxy.mock.config import MockConfig
 from proxy.mock.state import State
 from proxy.store.base import LedgerRecord
 from tests.gateway import Proc, base_config, mock_requests, start_gateway, start_mock
-from tests.test_governance import ADMIN, ledger, ledger_rows, settled, sqlite_url, wait_until
+from tests.test_governance import ADMIN, budgets, ledger, ledger_rows, settled, sqlite_url, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -492,3 +492,29 @@ def test_a_provider_precount_that_does_not_answer_falls_back_to_the_local_bound(
     )
     row = row_of(gw, "app", resp.headers["x-quotagate-request-id"])
     assert row.counted_input == local_count(None, messages("fallback please"), model=HAIKU)
+
+
+def test_the_budget_counters_hold_what_the_ledger_charged(gw: Gw) -> None:
+    """quotagate's counters equal its ledger: the team's month USD budget (micro-dollars) and day tokens."""
+    resp = gw.client().messages.with_raw_response.create(
+        model=SONNET,
+        max_tokens=CAP,
+        system=[
+            {"type": "text", "text": SYSTEM_TEXT + " counters", "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+        ],
+        messages=messages(),
+    )
+    row_of(gw, "app", resp.headers["x-quotagate-request-id"])
+
+    def counters() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        status = budgets(gw.gw, "app")["status"]
+        month = next(b for b in status if b["scope"] == "team" and b["window"] == "month")
+        tokens = next(b for b in status if b["scope"] == "team" and b["window"] == "day")
+        return (month, tokens) if month["reserved"] == 0 and tokens["reserved"] == 0 else None
+
+    month, tokens = wait_until(counters, 10)
+    rows = [r for r in ledger(gw.store, "app") if r.charged]
+    assert month["used"] == sum(r.cost_micro_usd for r in rows)
+    assert tokens["used"] == sum(
+        (r.input_tokens or r.counted_input or 0) + (r.output_tokens or r.counted_output or 0) for r in rows
+    )
