@@ -14,7 +14,7 @@ import yaml
 from tests import promtool
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"  # the Compose spec's JSON schema, copied into the repo
 SERVE = ["quotagate", "serve", "--config", "/app/config/compose.yaml", "--host", "0.0.0.0", "--port", "8080"]
 
 
