@@ -1,6 +1,6 @@
 """A quick pinned A/B of quotagate's CPU per request: the working tree against an older commit, alternated.
 
-    .venv/bin/python bench/ab.py --baseline-ref 9e92499 [--stream] [--seconds 12] [--rounds 2]
+    .venv/bin/python bench/ab.py --baseline-ref 9e92499 [--stream] [--memory] [--seconds 12] [--rounds 2]
 
 Each run starts the mock (core 0) and one quotagate on the bench's real-team config (core 1, SQLite), warms
 it for 2 s, then drives 64 connections of chat completions for ``--seconds`` from this process (core 0) and
@@ -52,7 +52,7 @@ async def _load(url: str, body: dict[str, object], seconds: float, conns: int = 
     return done
 
 
-def run_once(base: Baseline | None, stream: bool, seconds: float, tmp: Path) -> tuple[float, float]:
+def run_once(base: Baseline | None, stream: bool, seconds: float, tmp: Path, memory: bool) -> tuple[float, float]:
     """(requests per second, gateway CPU ms per request) for ``base`` (None: the working tree)."""
     py = sys.executable
     env = {**os.environ, **(base.env if base is not None else {})}
@@ -64,7 +64,7 @@ def run_once(base: Baseline | None, stream: bool, seconds: float, tmp: Path) -> 
     )  # fmt: skip
     upstream = f"http://127.0.0.1:{mport}"
     cfg = tmp / f"ab-{gport}.yaml"
-    store = f"sqlite:///{tmp / f'ab-{gport}.db'}"
+    store = "memory://" if memory else f"sqlite:///{tmp / f'ab-{gport}.db'}"
     cfg.write_text(yaml.safe_dump(quotagate_config("quotagate", upstream, upstream, store), sort_keys=False))
     gw = subprocess.Popen(
         ["taskset", "-c", "1", py, "-m", "proxy", "serve", "--config", str(cfg), "--port", str(gport),
@@ -99,13 +99,14 @@ def main() -> int:
     ap.add_argument("--stream", action="store_true", help="streamed chat completions instead of whole ones")
     ap.add_argument("--seconds", type=float, default=12.0, help="measured seconds per run (default 12)")
     ap.add_argument("--rounds", type=int, default=2, help="runs of each tree, alternated (default 2)")
+    ap.add_argument("--memory", action="store_true", help="the memory store instead of SQLite (isolates the store)")
     a = ap.parse_args()
     base = prepare(a.baseline_ref, ROOT / "bench" / ".baseline")
     results: dict[str, list[tuple[float, float]]] = {"current": [], a.baseline_ref: []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.rounds):
             for name, which in (("current", None), (a.baseline_ref, base)):
-                rps, cpu = run_once(which, a.stream, a.seconds, Path(tmp))
+                rps, cpu = run_once(which, a.stream, a.seconds, Path(tmp), a.memory)
                 results[name].append((rps, cpu))
                 print(f"{name:>12}: {rps:8.0f} req/s  {cpu:.3f} ms CPU/req", flush=True)
     cur = statistics.median(c for _, c in results["current"])
