@@ -17,18 +17,18 @@ from .usage import Usage, from_openai
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 # An event ends at a blank line; lines end in \n or \r\n (sse-starlette, used by many servers, sends \r\n).
-_BOUNDARY = re.compile(rb"(?:\r\n|\n)(?:\r\n|\n)")
+EVENT_BOUNDARY = re.compile(rb"(?:\r\n|\n)(?:\r\n|\n)")
 _LINE = re.compile(rb"\r\n|\n|\r")
 
 
-def _loads(payload: bytes) -> Any:
+def json_or_none(payload: bytes) -> Any:
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
 
 
-def _data_of(event: bytes) -> bytes:
+def data_of(event: bytes) -> bytes:
     """The joined ``data:`` lines of one event (without its terminating blank line)."""
     return b"\n".join(line[5:].lstrip(b" ") for line in _LINE.split(event) if line.startswith(b"data:"))
 
@@ -74,7 +74,7 @@ class StreamTap:
         buf = self._buf + chunk if self._buf else chunk
         if b"\r" in buf:
             end = -1
-            for boundary in _BOUNDARY.finditer(buf):
+            for boundary in EVENT_BOUNDARY.finditer(buf):
                 end = boundary.end()
         else:
             end = buf.rfind(b"\n\n")
@@ -132,11 +132,11 @@ class StreamTap:
         """Read the first event that has a payload, and only that one: the id of the object streamed."""
         start = 0
         while start < len(events):
-            m = _BOUNDARY.search(events, start)
-            data = _data_of(events[start : m.start() if m else len(events)])
+            m = EVENT_BOUNDARY.search(events, start)
+            data = data_of(events[start : m.start() if m else len(events)])
             if data and data != b"[DONE]":
                 self._id_open = False
-                self.object_id = object_id_of(_loads(data))
+                self.object_id = object_id_of(json_or_none(data))
                 return
             if m is None:
                 return
@@ -145,7 +145,7 @@ class StreamTap:
     def _scan(self, events: bytes) -> bytes:
         kept: list[bytes] = []
         pos = 0
-        for m in _BOUNDARY.finditer(events):
+        for m in EVENT_BOUNDARY.finditer(events):
             if self._event(events[pos : m.start()]):
                 kept.append(events[pos : m.end()])
             pos = m.end()
@@ -153,7 +153,7 @@ class StreamTap:
 
     def _event(self, event: bytes) -> bool:
         """Read one event; False when it is the usage-only chunk to drop."""
-        data = _data_of(event)
+        data = data_of(event)
         if data == b"[DONE]":
             self._done = True
         elif data:
@@ -164,7 +164,7 @@ class StreamTap:
 
     def _take_usage(self, data: bytes) -> bool:
         """Record the usage in ``data``; True when the event is the usage-only chunk to strip."""
-        obj = _loads(data)
+        obj = json_or_none(data)
         if not isinstance(obj, dict):
             return False
         resp = obj.get("response")
@@ -183,7 +183,7 @@ class StreamTap:
         self._read_segments()
         parts: list[str] = []
         for payload in self._payloads:
-            obj = _loads(payload)
+            obj = json_or_none(payload)
             if isinstance(obj, dict):
                 _collect_chunk(obj, parts)
         return "".join(parts)
@@ -220,7 +220,7 @@ def _collect_message(msg: dict[str, Any], out: list[str]) -> None:
 
 def read_body(raw: bytes) -> tuple[Usage, str | None, Any]:
     """A non-streamed response: (usage and the tier that served it, system_fingerprint, parsed body or None)."""
-    obj = _loads(raw)
+    obj = json_or_none(raw)
     if not isinstance(obj, dict):
         return Usage(), None, None
     fp = obj.get("system_fingerprint")

@@ -31,3 +31,25 @@ def dumps(value: Any) -> str:
         return orjson.dumps(value).decode()
     except TypeError:
         return str(value)
+
+
+def count_plain(value: Any, n: Callable[[str], int]) -> Counted:
+    """A completions prompt or embeddings input, with ``n`` the tokens of a text: a string, token ids, or a
+    list of either; any other shape is counted as its JSON text, inexact."""
+    if isinstance(value, str):
+        return n(value), True
+    if isinstance(value, list):
+        if all(type(v) is int for v in value):
+            return len(value), True
+        total, exact = 0, True
+        for v in value:
+            if isinstance(v, list) and all(type(t) is int for t in v):
+                total += len(v)
+            elif isinstance(v, str):
+                total += n(v)
+            else:
+                total, exact = total + n(dumps(v)), False
+        return total, exact
+    if value is None:
+        return 0, True
+    return n(dumps(value)), False

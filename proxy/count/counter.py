@@ -14,7 +14,7 @@ from proxy.encodings import EncodingUnavailable, encoding_name_for_model, get_en
 
 from . import anthropic
 from .cache import LRU, CacheStats, Slot
-from .context import Counted, Ctx, dumps
+from .context import Counted, Ctx, count_plain
 from .images import image_profile_for_model
 from .messages import count_item, count_message
 from .tools import FUNC_INIT_CL100K, FUNC_INIT_O200K, count_tools
@@ -120,7 +120,7 @@ class Counter:
 
     def completion(self, prompt: Any, *, model: str, encoding: str | None) -> Estimate:
         ctx = self._ctx(model, encoding)
-        tokens, exact = self._plain(ctx, prompt)
+        tokens, exact = count_plain(prompt, ctx.n)
         return Estimate(tokens, exact and ctx.known, Parts(0, 0, 0, tokens))
 
     def embeddings(self, input: Any, *, model: str, encoding: str | None) -> Estimate:
@@ -270,25 +270,6 @@ class Counter:
             exact = exact and value[1]
         parts = Parts(sums["system"], sums["tools"], sums["history"], sums["new"])
         return Estimate(parts.system + parts.tools + parts.history + parts.new, exact, parts)
-
-    def _plain(self, ctx: Ctx, value: Any) -> Counted:
-        if isinstance(value, str):
-            return ctx.n(value), True
-        if isinstance(value, list):
-            if all(type(v) is int for v in value):
-                return len(value), True
-            total, exact = 0, True
-            for v in value:
-                if isinstance(v, list) and all(type(t) is int for t in v):
-                    total += len(v)
-                elif isinstance(v, str):
-                    total += ctx.n(v)
-                else:
-                    total, exact = total + ctx.n(dumps(v)), False
-            return total, exact
-        if value is None:
-            return 0, True
-        return ctx.n(dumps(value)), False
 
 
 def _plain_size(value: Any) -> int:

@@ -36,7 +36,7 @@ import orjson
 from jinja2.exceptions import SecurityError
 from tokenizers import Tokenizer
 
-from .context import Counted, dumps
+from .context import Counted, count_plain, dumps
 from .counter import THREAD_THRESHOLD_CHARS, Counter, Estimate, Parts, buckets_for
 from .template import ChatTemplate, TemplateFailure, tool_dicts
 
@@ -125,23 +125,7 @@ class HFTokenizer:
 
     def prompt(self, value: Any) -> Counted:
         """A completions prompt or embeddings input, with the tokenizer's special tokens."""
-        if isinstance(value, str):
-            return len(self.tokenizer.encode(value).ids), True
-        if isinstance(value, list):
-            if all(type(v) is int for v in value):
-                return len(value), True
-            total, exact = 0, True
-            for v in value:
-                if isinstance(v, list) and all(type(t) is int for t in v):
-                    total += len(v)
-                elif isinstance(v, str):
-                    total += len(self.tokenizer.encode(v).ids)
-                else:
-                    total, exact = total + len(self.tokenizer.encode(dumps(v)).ids), False
-            return total, exact
-        if value is None:
-            return 0, True
-        return len(self.tokenizer.encode(dumps(value)).ids), False
+        return count_plain(value, lambda text: len(self.tokenizer.encode(text).ids))
 
 
 def _attribute(text: str, starts: Sequence[int], messages: Any, has_tools: bool) -> Parts:

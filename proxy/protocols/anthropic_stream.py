@@ -10,28 +10,13 @@ text relayed. ``content_block_delta`` events are kept unread and read only if th
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Any
 
-import orjson
-
+from ..sse import EVENT_BOUNDARY, data_of, json_or_none
 from ..usage import Usage, from_anthropic
 
-_BOUNDARY = re.compile(rb"(?:\r\n|\n)(?:\r\n|\n)")
-_LINE = re.compile(rb"\r\n|\n|\r")
 _DELTA = b'"content_block_delta"'
-
-
-def _loads(payload: bytes) -> Any:
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _data_of(event: bytes) -> bytes:
-    return b"\n".join(line[5:].lstrip(b" ") for line in _LINE.split(event) if line.startswith(b"data:"))
 
 
 class AnthropicTap:
@@ -49,7 +34,7 @@ class AnthropicTap:
 
     def feed(self, chunk: bytes) -> bytes:
         buf = self._buf + chunk if self._buf else chunk
-        ends = [m.end() for m in _BOUNDARY.finditer(buf)]
+        ends = [m.end() for m in EVENT_BOUNDARY.finditer(buf)]
         if not ends:
             self._buf = buf
             return chunk
@@ -64,14 +49,14 @@ class AnthropicTap:
         return b""
 
     def _scan(self, events: bytes) -> None:
-        for event in _BOUNDARY.split(events):
-            data = _data_of(event)
+        for event in EVENT_BOUNDARY.split(events):
+            data = data_of(event)
             if not data:
                 continue
             if _DELTA in data[:64]:
                 self._deltas.append(data)
                 continue
-            obj = _loads(data)
+            obj = json_or_none(data)
             if isinstance(obj, dict):
                 self._event(obj)
 
@@ -98,7 +83,7 @@ class AnthropicTap:
         """Generated text seen so far: text, thinking and tool input deltas."""
         out: list[str] = []
         for payload in self._deltas:
-            obj = _loads(payload)
+            obj = json_or_none(payload)
             delta = obj.get("delta") if isinstance(obj, dict) else None
             if isinstance(delta, dict):
                 for key in ("text", "thinking", "partial_json"):
