@@ -18,8 +18,7 @@ import asyncio
 import base64
 import gc
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +31,7 @@ from hypothesis import strategies as st
 from proxy import mock
 from proxy.app import create_app
 from proxy.settings import parse
+from tests.inprocess import lifespan
 
 CASES = 1500
 ENDPOINTS: dict[str, dict[str, Any]] = {
@@ -63,27 +63,6 @@ def config(upstream: str, store: str) -> dict[str, Any]:
         },
         "keys": [{"team": t, "name": t, "key": f"sk-{t}"} for t in ("plain", "trim", "reject")],
     }
-
-
-@asynccontextmanager
-async def lifespan(app: Any) -> AsyncIterator[None]:
-    """Run an ASGI app's lifespan startup/shutdown around the block."""
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def send(msg: dict[str, Any]) -> None:
-        await outbox.put(msg)
-
-    task = asyncio.ensure_future(app({"type": "lifespan"}, inbox.get, send))
-    await inbox.put({"type": "lifespan.startup"})
-    started = await outbox.get()
-    assert started["type"] == "lifespan.startup.complete", started
-    try:
-        yield
-    finally:
-        await inbox.put({"type": "lifespan.shutdown"})
-        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
-        await task
 
 
 @web.middleware
