@@ -412,8 +412,9 @@ def test_the_learned_factor_never_reserves_less_than_the_provider_counts(gw: Gw)
     assert _factor(gw, HAIKU) == 1.5  # configured, before any traffic
     for text in CORPUS:  # learn
         client.messages.create(model=HAIKU, max_tokens=CAP, messages=messages(text))
+    highest = max_ratio(gw)  # waits for the ten ledger rows: each request was observed before its row
     factor = _factor(gw, HAIKU)
-    assert factor == pytest.approx(max(1.0, 1.02 * max_ratio(gw)), rel=1e-6)
+    assert factor == pytest.approx(max(1.0, 1.02 * highest), rel=1e-6)
     assert factor < 1.5  # tighter than the configured start
     for text in CORPUS:  # every request of the corpus: the bound covers the provider's count
         local = local_count(None, messages(text), model=HAIKU)
@@ -425,7 +426,7 @@ def test_the_learned_factor_never_reserves_less_than_the_provider_counts(gw: Gw)
 
 
 def max_ratio(gw: Gw) -> float:
-    rows = [r for r in ledger(gw.store, "learn") if r.input_tokens and r.counted_input]
+    rows = [r for r in ledger_rows(gw.store, "learn", len(CORPUS)) if r.input_tokens and r.counted_input]
     assert len(rows) == len(CORPUS)
     return max(r.input_tokens / r.counted_input for r in rows if r.input_tokens and r.counted_input)
 
@@ -506,15 +507,22 @@ def test_the_budget_counters_hold_what_the_ledger_charged(gw: Gw) -> None:
     )
     row_of(gw, "app", resp.headers["x-quotagate-request-id"])
 
-    def counters() -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def both() -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(counters, ledger sums) once nothing is held and every charged row is written."""
         status = budgets(gw.gw, "app")["status"]
         month = next(b for b in status if b["scope"] == "team" and b["window"] == "month")
-        tokens = next(b for b in status if b["scope"] == "team" and b["window"] == "day")
-        return (month, tokens) if month["reserved"] == 0 and tokens["reserved"] == 0 else None
+        day_tokens = next(b for b in status if b["scope"] == "team" and b["window"] == "day")
+        rows = [r for r in ledger(gw.store, "app") if r.charged]
+        sums = (
+            sum(r.cost_micro_usd for r in rows),
+            sum((r.input_tokens or r.counted_input or 0) + (r.output_tokens or r.counted_output or 0) for r in rows),
+        )
+        held = month["reserved"] or day_tokens["reserved"]
+        return (
+            ((month["used"], day_tokens["used"]), sums)
+            if not held and sums == (month["used"], day_tokens["used"])
+            else None
+        )
 
-    month, tokens = wait_until(counters, 10)
-    rows = [r for r in ledger(gw.store, "app") if r.charged]
-    assert month["used"] == sum(r.cost_micro_usd for r in rows)
-    assert tokens["used"] == sum(
-        (r.input_tokens or r.counted_input or 0) + (r.output_tokens or r.counted_output or 0) for r in rows
-    )
+    counters, sums = wait_until(both, 10)  # fails after 10 s if the counters and the ledger never agree
+    assert counters == sums and sums[0] > 0
