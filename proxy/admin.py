@@ -13,7 +13,6 @@ import hmac
 import secrets
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -28,6 +27,7 @@ from .errors import AuthenticationError, InvalidRequest, NotFound, ProxyError, r
 from .settings import BudgetSettings, Settings, duplicate_budget, duplicate_budget_message, hash_key
 from .store.base import KeyRecord, UsageRow
 from .units import rfc3339, usd
+from .values import value
 
 
 class KeyStore(Protocol):
@@ -44,7 +44,7 @@ class UsageReads(Protocol):
     async def usage(self, since: float, team: str | None = None) -> list[UsageRow]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class AdminServices:
     settings: Settings
     budgets: BudgetsInForce

@@ -11,7 +11,6 @@ reservation's own answer shows it past ``warn_at``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import policy
@@ -26,12 +25,13 @@ from .pricing import Price, price_of
 from .reservations import LeaseMeta
 from .settings import ModelSettings, Settings, TeamSettings
 from .settle import Accountant, Reservation
+from .values import value
 
 if TYPE_CHECKING:  # proxy.objects serves the stateful endpoints; routes.Router hands its Ownership here
     from .objects import Ownership
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Admission:
     """Who asked for which model, what was counted and reserved (on a refusal: what was known by then)."""
 
@@ -53,7 +53,7 @@ class Admission:
     service_tier: str | None = None  # as the request asked (priced at it when the response names no tier)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Outbound:
     """What the forward step sends: the governed request, its model (providers, failover, encoding), and the
     headers quotagate adds to the answer (downgrade, trimming, rate limits)."""

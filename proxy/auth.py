@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
 
 from .errors import AuthenticationError
 from .settings import Settings
 from .store.base import Store
+from .values import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Principal:
     team: str
     key_name: str

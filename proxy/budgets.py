@@ -11,19 +11,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from .limits import Limit, Unit, limits_for
 from .settings import BudgetSettings, KeySettings, RateLimitSettings, Settings, Window
 from .store.base import CounterValue, Store
 from .units import rfc3339, usd
+from .values import value
 
 log = logging.getLogger("quotagate.settle")
 _NO_RATES = RateLimitSettings()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class BudgetSample:
     """One team budget's current window, read from the store at scrape time (``usd`` in micro-USD)."""
 
@@ -35,7 +35,7 @@ class BudgetSample:
     reserved: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class BudgetStatus:
     """One budget in its current window. ``limit``, ``used``, ``reserved`` and ``remaining`` are in the
     budget's unit (tokens, or integer micro-USD); the ``*_usd`` dollars exist for ``usd`` budgets only."""

@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -26,11 +25,12 @@ from .settings import Settings
 from .settle import Accountant
 from .upstream import Upstream, transport_error
 from .usage import Usage
+from .values import value
 
 _UNSET = Usage()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Relayed:
     """What the client was answered: the forward step's answer (or the refusal's, from the same fields)."""
 

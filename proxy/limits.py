@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from .settings import BudgetSettings, RateLimitSettings, Window
 from .store.base import Hold, hash_tag
+from .values import value
 
 Unit = Literal["tokens", "usd", "requests", "concurrent"]
 _RETAIN = 86_400.0
@@ -48,7 +48,7 @@ def window_bounds(window: Window, now: float) -> tuple[str, float, float]:
     return start.strftime("%Y-%m"), start.timestamp(), (start + timedelta(days=days)).timestamp()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Limit:
     """One limit that applies to a request, before it is sized into a Hold."""
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from prometheus_client import multiprocess as _mp
 from .metrics_budgets import BudgetCollector
 from .outcomes import METRIC_OUTCOMES
 from .pricing import SPEND_TYPES
+from .values import value
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The classic text format every Prometheus 2.x/3.x scrapes; all our names are legacy-valid, so the body is
@@ -74,7 +74,7 @@ _GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_reques
 _ERROR_TYPE_UNSAFE = re.compile(r"[^a-z0-9_.]+")
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RequestOutcome:
     """What one request did, handed to ``Metrics.record`` once, after settlement."""
 

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .errors import InvalidJSON, InvalidRequest
+from .values import value
 
 if TYPE_CHECKING:  # the adapters build on this module
     from .protocols.base import Adapter
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Endpoint:
     """One governed route, and the adapter of its wire protocol (proxy/protocols/) that the pipeline asks."""
 

@@ -14,7 +14,6 @@ and names the team cap after it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from . import tiers
@@ -23,6 +22,7 @@ from .parse import Endpoint
 from .pricing import Price
 from .protocols import ENDPOINTS
 from .settings import MODE_ENDPOINTS, ModelSettings, Settings, TeamSettings
+from .values import value
 
 _PINNED = frozenset({"system", "developer"})
 FALLBACK_OUTPUT_CAP = 4096
@@ -68,7 +68,7 @@ def check_service_tier(name: str, price: Price, asked: str | None, budgeted: Cal
     )
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class OutputCap:
     worst_case: int  # output tokens to reserve
     send: int | None  # value to write into the request's cap field(s), None = leave the body alone

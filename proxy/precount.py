@@ -22,7 +22,6 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 
 import orjson
 
@@ -31,6 +30,7 @@ from .parse import ParsedRequest
 from .settings import PrecountSettings, Settings
 from .store.base import Store
 from .upstream import Upstream
+from .values import value
 
 log = logging.getLogger("quotagate")
 
@@ -38,7 +38,7 @@ _MARGIN = 1.02
 _CACHED_COUNTS = 10_000
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Factor:
     value: float
     learned: bool  # from at least ``min_samples`` observations

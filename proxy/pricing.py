@@ -18,19 +18,20 @@ admission refuses to ask for one where a budget needs every request priced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from . import tiers as service_tiers
 from .settings import LongContextSettings, ModelSettings, TierPriceSettings
 from .usage import Usage
+from .values import value
 
 _PICO = Decimal(1_000_000)
 SPEND_TYPES = ("input", "cache_read", "cache_write", "output")  # what a request's cost is made of
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Rates:
     input: int  # pico-USD per token
     cached_input: int
@@ -45,7 +46,7 @@ class Rates:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Price:
     base: Rates
     long: Rates | None = None

@@ -31,12 +31,13 @@ from .limits import Limit, charges, holds, tag
 from .refusals import denial, rate_limit_headers
 from .settings import BudgetSettings, Settings
 from .store.base import Admitted, Denied, Lease, Store
+from .values import value
 
 log = logging.getLogger("quotagate.settle")
 _SEEN_MAX = 100_000  # window keys roll over; past this many, drop the old ones wholesale
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class LeaseMeta:
     """What the ledger needs to record a lease the reaper charges (its process died before settling).
 

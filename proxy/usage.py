@@ -32,11 +32,12 @@ or chunk; a Responses ``response``), Anthropic's        it, ``default``/``standa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from .values import value
 
-@dataclass(frozen=True, slots=True)
+
+@value
 class Usage:
     input: int | None = None
     cached_input: int | None = None

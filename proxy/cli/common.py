@@ -16,7 +16,6 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -25,6 +24,7 @@ import orjson
 from ..settings import ConfigError, Settings, load
 from ..store import open_store
 from ..store.base import Store
+from ..values import value
 
 PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "data" / "quotagate.yaml"
 LOCAL_CONFIG = Path("config") / "quotagate.yaml"
@@ -39,7 +39,7 @@ def data_dir() -> Path:
     return Path(xdg).expanduser() / "quotagate"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ConfigChoice:
     path: Path
     source: str  # --config | $QUOTAGATE_CONFIG | ./config/quotagate.yaml | packaged default

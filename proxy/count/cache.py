@@ -6,15 +6,15 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from typing import Any
 
+from ..values import value
 from .context import Counted, Ctx
 
 _ENTRY_OVERHEAD = 64  # bytes charged per cache entry on top of its key text
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CacheStats:
     hits: int
     misses: int

@@ -4,18 +4,18 @@ tokens of a text (which also tallies the characters handed to the tokenizer)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import tiktoken
 
+from ..values import value
 from .images import ImageProfile
 
 Counted = tuple[int, bool]  # (tokens, exact)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Ctx:
     enc_name: str
     enc: tiktoken.Encoding

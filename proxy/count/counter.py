@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from proxy.encodings import EncodingUnavailable, encoding_name_for_model, get_encoding
 
+from ..values import value
 from . import anthropic
 from .cache import LRU, CacheStats, Slot
 from .context import Counted, Ctx, count_plain
@@ -26,7 +26,7 @@ _SYSTEM_ROLES = frozenset({"system", "developer"})
 _SIMPLE_KEYS = frozenset({"role", "content", "name"})
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Parts:
     """What the prompt is made of; the four add up to ``Estimate.tokens - Estimate.unseen``."""
 
@@ -36,7 +36,7 @@ class Parts:
     new: int  # the latest user turn and anything after it (+ the reply primer)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Estimate:
     tokens: int
     exact: bool  # False when the tokenizer is unknown or some part (image, audio, file...) was guessed

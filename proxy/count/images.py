@@ -7,10 +7,11 @@ from __future__ import annotations
 import binascii
 import math
 import struct
-from dataclasses import dataclass
+
+from ..values import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ImageProfile:
     name: str
     base: int = 0  # tile models: tokens for the low-detail / base image

@@ -3,17 +3,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..metrics import RequestOutcome
 from ..outcomes import Outcome
 from ..store.base import LedgerRecord
+from ..values import value
 from .relay import Relayed
 from .routes import Route
 from .target import Target
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Served:
     """One stateful request once answered: who asked, which route, where it went, what came back."""
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -16,6 +15,7 @@ from ..errors import ProxyError, normalise_upstream_error, sse_error
 from ..settings import ProviderSettings, Settings
 from ..sse import object_id_of
 from ..upstream import add_credentials, transport_error
+from ..values import value
 from .ownership import Ownership
 from .target import Target
 
@@ -25,7 +25,7 @@ _PASSED = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Relayed:
     status: int
     upstream_s: float

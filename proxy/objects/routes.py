@@ -4,10 +4,10 @@ what follows the id."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ..errors import NotFound, ProxyError, render
 from ..protocols.anthropic_messages import MESSAGES
+from ..values import value
 
 RESPONSE = "response"
 COMPLETION = "chat.completion"
@@ -17,7 +17,7 @@ UPSTREAM = {RESPONSE: "/responses", COMPLETION: "/chat/completions", CONVERSATIO
 _PREFIXES = {f"/v1{path}/": kind for kind, path in UPSTREAM.items()}
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Route:
     name: str  # the ledger's endpoint
     method: str

@@ -3,7 +3,6 @@ the object its path names, the model it names, or the team's home provider; 404 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -14,11 +13,12 @@ from ..asgi import Scope
 from ..errors import InvalidJSON, InvalidRequest
 from ..settings import Settings
 from ..store.base import ObjectRecord
+from ..values import value
 from .ownership import Ownership
 from .routes import CONVERSATION, CONVERSATION_CREATE, COUNT_TOKENS, MODEL_DELETE, UPSTREAM, Route, not_found
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Target:
     """Where one stateful request goes, once the caller's right to it is established."""
 

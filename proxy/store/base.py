@@ -38,8 +38,10 @@ All I/O errors (connection refused, timeouts, locked database past its timeout) 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
+
+from ..values import value
 
 
 def hash_tag(name: str) -> str:
@@ -48,7 +50,7 @@ def hash_tag(name: str) -> str:
     return "{" + name + "}"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Hold:
     key: str
     limit: int  # < 0: unlimited (tracked only)
@@ -57,7 +59,7 @@ class Hold:
     commit: bool = True  # False: a slot (concurrency) that is only ever released, never committed, even by reap
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Lease:
     id: str
     hash_tag: str  # "{team}"
@@ -66,20 +68,20 @@ class Lease:
     meta: Mapping[str, Any] = field(default_factory=dict)  # JSON-able; returned by reap() for the ledger
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Denied:
     hold: Hold  # the first hold that did not fit
     used: int
     reserved: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CounterValue:
     used: int = 0
     reserved: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Admitted:
     """Every hold was admitted; ``values`` are the counters just after (for x-ratelimit-remaining-*).
 
@@ -88,7 +90,7 @@ class Admitted:
     values: Mapping[str, CounterValue] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class KeyRecord:
     sha256: str  # hex digest of the key; the key itself is never stored
     team: str
@@ -97,7 +99,7 @@ class KeyRecord:
     revoked: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class LedgerRecord:
     """One request, whatever its outcome. Version 1."""
 
@@ -135,7 +137,7 @@ class LedgerRecord:
     service_tier: str | None = None  # the tier the response says served it, as named (None: not said)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class UsageRow:
     """An aggregate of ledger records for ``quotagate usage`` and the admin API."""
 
@@ -154,7 +156,7 @@ class UsageRow:
 OBJECT_RETENTION_S = 30 * 86_400
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ObjectRecord:
     """An object a provider created for a request through quotagate (a response, a chat completion): the
     team it belongs to, and the provider that holds it (where requests naming its id are sent)."""
