@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import policy
+from . import attribution, policy
 from .asgi import DEPLOYMENT, Receive, Scope, read_body
 from .auth import KeyRing, Principal, key_from_headers
 from .count import Counter, Estimate
@@ -51,6 +51,9 @@ class Admission:
     price: Price | None = None
     reservation: Reservation | None = None
     service_tier: str | None = None  # as the request asked (priced at it when the response names no tier)
+    output_cap: int | None = None  # the output cap the request went out with (None: none)
+    end_user: str | None = None  # as the client named them (proxy/attribution.py)
+    tags: str | None = None
 
 
 @value
@@ -85,6 +88,7 @@ class Admitter:
 
     async def admit(self, endpoint: Endpoint, scope: Scope, receive: Receive) -> tuple[Admission, Outbound]:
         rid, ts, t0 = next(self._ids), time.time(), time.perf_counter()
+        tags = attribution.tags_from_headers(scope["headers"])
         who: Principal | None = None
         req: ParsedRequest | None = None
         try:
@@ -106,15 +110,17 @@ class Admitter:
                 who.key_name if who is not None else "",
                 req.model if req is not None else "",
                 req is not None and req.stream,
+                end_user=endpoint.protocol.end_user(req) if req is not None else None,
+                tags=tags,
             )
             raise Refused(err, known) from None
-        return await self._reserve(Admission(rid, ts, t0, endpoint), who, team, req)
+        return await self._reserve(Admission(rid, ts, t0, endpoint, tags=tags), who, team, req)
 
     async def _reserve(
         self, arrival: Admission, who: Principal, team: TeamSettings | None, req: ParsedRequest
     ) -> tuple[Admission, Outbound]:
         """The requested model, or the cheaper one a budget's ``downgrade_to`` names (``arrival``: only the
-        request id, times and endpoint are set)."""
+        request id, times, endpoint and tags are set)."""
         requested = req.model
         downgrade = self._downgrade(who.team, who.digest, requested)
         try:
@@ -163,17 +169,12 @@ class Admitter:
         trimmed: int | None = None
         seed: int | None = None
         price: Price | None = None
+        sent_cap: int | None = None
         try:
             est = await self._count(req, model, upstream, team)  # known to a refusal's ledger row from here
             est, trimmed = self._fit(req, model, upstream, who.team, team, est)
             endpoint = req.endpoint
-            cap = policy.output_cap(
-                req.requested_cap if endpoint.has_output else 0,
-                team if endpoint.cap_fields else None,  # a team cap binds only what has a cap field
-                model,
-                endpoint.default_cap,
-                est.tokens,
-            )
+            cap, sent_cap = _output_cap(req, team, model, est)
             endpoint.protocol.apply(
                 req, model=upstream if upstream != name or name != requested else None, cap=cap.send
             )
@@ -198,13 +199,17 @@ class Admitter:
             )
             res = await self._accountant.reserve(who.team, who.digest, name, worst_tokens, worst_usd, meta)
         except ProxyError as err:
-            raise Refused(err, _admission(arrival, who, req, model, est, trimmed, seed, price, None)) from None
+            raise Refused(
+                err, _admission(arrival, who, req, model, est, trimmed, seed, price, None, sent_cap)
+            ) from None
         headers = {"x-quotagate-downgraded-from": requested} if name != requested else {}
         if trimmed is not None:
             headers["x-quotagate-trimmed-tokens"] = str(trimmed)
         if res is not None:
             headers.update(res.headers)
-        return _admission(arrival, who, req, model, est, trimmed, seed, price, res), Outbound(req, model, headers)
+        return _admission(arrival, who, req, model, est, trimmed, seed, price, res, sent_cap), Outbound(
+            req, model, headers
+        )
 
     def _price(self, name: str, req: ParsedRequest, who: Principal) -> Price:
         """The model's price; a service tier it has no price for is refused where a budget applies."""
@@ -257,6 +262,22 @@ class Admitter:
         return protocol.count_messages(counter, req, kept, model=upstream, encoding=enc), trimmed
 
 
+def _output_cap(
+    req: ParsedRequest, team: TeamSettings | None, model: ModelSettings, est: Estimate
+) -> tuple[policy.OutputCap, int | None]:
+    """What to reserve and write into the body, and the cap the request goes out with (None: none)."""
+    endpoint = req.endpoint
+    requested = req.requested_cap if endpoint.has_output else None
+    cap = policy.output_cap(
+        requested if endpoint.has_output else 0,
+        team if endpoint.cap_fields else None,  # a team cap binds only what has a cap field
+        model,
+        endpoint.default_cap,
+        est.tokens,
+    )
+    return cap, cap.send if cap.send is not None else requested
+
+
 def _admission(
     arrival: Admission,
     who: Principal,
@@ -267,6 +288,7 @@ def _admission(
     seed: int | None,
     price: Price | None,
     res: Reservation | None,
+    sent_cap: int | None,
 ) -> Admission:
     return Admission(
         arrival.request_id,
@@ -285,6 +307,9 @@ def _admission(
         price,
         res,
         req.service_tier,
+        sent_cap,
+        req.endpoint.protocol.end_user(req),
+        arrival.tags,
     )
 
 

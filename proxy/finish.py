@@ -111,6 +111,7 @@ class Finisher:
 
 def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRecord:
     est = adm.estimate
+    parts = est.parts if est is not None else None
     ms = 1000.0
     return LedgerRecord(
         request_id=adm.request_id,
@@ -143,6 +144,14 @@ def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRe
         cache_write_1h_tokens=r.usage.cache_write_1h,
         usage_raw=orjson.dumps(r.usage_raw).decode() if r.usage_raw is not None else None,
         service_tier=r.usage.tier,
+        input_system=parts.system if parts is not None else None,
+        input_tools=parts.tools if parts is not None else None,
+        input_history=parts.history if parts is not None else None,
+        input_new=parts.new if parts is not None else None,
+        output_cap=adm.output_cap,
+        price_version=adm.price.version if adm.price is not None else None,
+        end_user=adm.end_user,
+        tags=adm.tags,
     )
 
 

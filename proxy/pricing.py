@@ -18,9 +18,12 @@ admission refuses to ask for one where a budget needs every request priced.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
+
+import orjson
 
 from . import tiers as service_tiers
 from .settings import LongContextSettings, ModelSettings, TierPriceSettings
@@ -53,6 +56,7 @@ class Price:
     above: int | None = None
     unpriced: frozenset[str] = frozenset()  # usage dimensions without a price: "cache_write_5m" | "cache_write_1h"
     tiers: tuple[tuple[str, Price], ...] = ()  # the service tiers priced apart from the standard one, by name
+    version: str = ""  # the price table this came from (``prices.yaml@2026-11-01``), or ``config:<digest>``
 
     def rates(self, input_tokens: int) -> Rates:
         if self.long is not None and self.above is not None and input_tokens > self.above:
@@ -131,7 +135,17 @@ def price_of(model: ModelSettings) -> Price:
         raise ValueError("model has no price")
     lc = model.long_context
     tiers = tuple((name, _price(t, lc)) for name, t in sorted(p.tiers.items()))
-    return replace(_price(p, lc), tiers=tiers)
+    return replace(_price(p, lc), tiers=tiers, version=price_version(model))
+
+
+def price_version(model: ModelSettings) -> str:
+    """What a ledger row names its price by: the table's version, or a digest of a price the config sets
+    (the same price, the same digest, in every process and release)."""
+    if model.price_version is not None:
+        return model.price_version
+    doc = {"price": model.price.model_dump(mode="json") if model.price else None}
+    doc["long_context"] = model.long_context.model_dump(mode="json") if model.long_context else None
+    return "config:" + hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
 def _price(p: TierPriceSettings, lc: LongContextSettings | None) -> Price:

@@ -144,6 +144,9 @@ class ModelSettings(_Frozen):
     max_output_tokens: int | None = Field(default=None, ge=0)
     price: PriceSettings | None = None
     long_context: LongContextSettings | None = None
+    # the ledger's name for this price: the table's ``<file>@<date>`` when the price came from it, else
+    # (a price in the config) ``config:`` and a digest of it (proxy/pricing.py)
+    price_version: str | None = None
     precount: PrecountSettings | None = None  # for protocols counted without the model's tokenizer
     tokenizer: TokenizerSettings | None = None  # a self-hosted model's own (chat, completions, embeddings)
 
@@ -333,7 +336,7 @@ def parse(raw: Any, *, base: Path = Path("."), env: Mapping[str, str] | None = N
     raw = interpolate(raw, (), os.environ if env is None else env)
     if raw.get("admin_key") == "":
         raw["admin_key"] = None  # ${QUOTAGATE_ADMIN_KEY:-} unset -> admin API off
-    apply_price_table(raw, load_price_table(raw.get("price_table", "builtin"), base))
+    apply_price_table(raw, *load_price_table(raw.get("price_table", "builtin"), base))
     resolve_tokenizer_paths(raw, base)
     try:
         return Settings.model_validate(raw)

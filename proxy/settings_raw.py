@@ -39,9 +39,11 @@ def interpolate(node: Any, path: tuple[str | int, ...], env: Mapping[str, str]) 
     return node
 
 
-def load_price_table(ref: str | None, base: Path) -> dict[str, Any]:
+def load_price_table(ref: str | None, base: Path) -> tuple[dict[str, Any], str | None]:
+    """The table's models, and its version as every ledger row priced from it names it: ``<file>@<date>``
+    (the table's ``date:``, else ``undated``)."""
     if ref is None:
-        return {}
+        return {}, None
     path = BUILTIN_PRICES if ref == "builtin" else (base / ref)
     try:
         doc = yaml.safe_load(path.read_text())
@@ -50,15 +52,16 @@ def load_price_table(ref: str | None, base: Path) -> dict[str, Any]:
     models = doc.get("models") if isinstance(doc, dict) else None
     if not isinstance(models, dict):
         raise ConfigError(f"price_table: {path} has no `models:` mapping")
-    return models
+    return models, f"{path.name}@{doc.get('date') or 'undated'}"
 
 
 # a model's `price:` from the table, its service tiers included (a config's own `price:` replaces it whole)
 _PRICE_FIELDS = ("input", "cached_input", "output", "cache_write_5m", "cache_write_1h", "tiers")
 
 
-def apply_price_table(raw: dict[str, Any], table: Mapping[str, Any]) -> None:
-    """Fill each model's price, long-context tier and limits from the table, config values winning."""
+def apply_price_table(raw: dict[str, Any], table: Mapping[str, Any], version: str | None = None) -> None:
+    """Fill each model's price, long-context tier and limits from the table, config values winning; a price
+    taken from the table is marked with the table's ``version`` (``price_version``, recorded per request)."""
     models = raw.get("models")
     if not isinstance(models, dict):
         return
@@ -77,6 +80,8 @@ def apply_price_table(raw: dict[str, Any], table: Mapping[str, Any]) -> None:
             continue
         if "price" not in entry:
             entry["price"] = {k: row[k] for k in _PRICE_FIELDS if k in row}
+            if version is not None and "long_context" not in entry:
+                entry.setdefault("price_version", version)
         if "long_context" not in entry and "long_context" in row:
             entry["long_context"] = row["long_context"]
         for k in ("context_window", "max_output_tokens", "mode"):

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from .. import attribution
 from ..count import Counter, Estimate
 from ..errors import ProxyError, UpstreamError
 from ..parse import Endpoint, ParsedRequest, parse
@@ -100,6 +101,10 @@ class AnthropicMessages(Adapter):
     def object_id(self, answer: Any) -> str | None:
         found = answer.get("id") if isinstance(answer, dict) else None
         return found if isinstance(found, str) else None
+
+    def end_user(self, req: ParsedRequest) -> str | None:
+        meta = req.body.get("metadata")
+        return attribution.end_user(meta.get("user_id")) if isinstance(meta, dict) else None
 
     def render(self, err: ProxyError) -> tuple[int, dict[str, str], bytes]:
         return err.status, {"content-type": "application/json", **err.headers}, orjson.dumps(error_body(err))

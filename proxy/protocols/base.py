@@ -20,6 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
+from .. import attribution
 from ..count import Counter, Estimate
 from ..errors import ProxyError
 from ..parse import Endpoint, ParsedRequest
@@ -91,6 +92,12 @@ class Adapter(ABC):
     def object_id(self, answer: Any) -> str | None:
         """The id of the object a parsed answer describes."""
         return None
+
+    def end_user(self, req: ParsedRequest) -> str | None:
+        """The end user the request names for the provider (OpenAI's ``safety_identifier``, else ``user``),
+        bounded (proxy/attribution.py)."""
+        body = req.body
+        return attribution.end_user(body.get("safety_identifier")) or attribution.end_user(body.get("user"))
 
     def stored(self, req: ParsedRequest) -> bool:
         """The provider keeps what this request creates (the stateful endpoints then serve it by id)."""

@@ -101,7 +101,7 @@ class KeyRecord:
 
 @value
 class LedgerRecord:
-    """One request, whatever its outcome. Version 1."""
+    """One request, whatever its outcome. Version 2 (1: before the analysis fields, from ``input_system`` on)."""
 
     request_id: str
     ts: float  # epoch seconds at arrival
@@ -129,12 +129,23 @@ class LedgerRecord:
     upstream_model: str | None = None
     error: str | None = None
     charged: bool = True  # the request reached the provider and was billed; usage reports add only these
-    version: int = 1
+    version: int = 2
     # part of input_tokens written to the provider's prompt cache, by lifetime (Anthropic)
     cache_write_5m_tokens: int | None = None
     cache_write_1h_tokens: int | None = None
     usage_raw: str | None = None  # the provider's usage object, JSON as it came
     service_tier: str | None = None  # the tier the response says served it, as named (None: not said)
+    # what analysis needs (proxy/analysis/): the counted input by part (they add up to counted_input less
+    # input out of sight), the output cap the request went out with (None: none), the price it was charged
+    # at (``Price.version``), and who and what it was for, as the client said (proxy/attribution.py)
+    input_system: int | None = None
+    input_tools: int | None = None
+    input_history: int | None = None
+    input_new: int | None = None
+    output_cap: int | None = None
+    price_version: str | None = None
+    end_user: str | None = None
+    tags: str | None = None  # comma-separated
 
 
 @value

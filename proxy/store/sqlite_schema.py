@@ -8,7 +8,8 @@ from proxy.store import sqlite_ledger
 
 # 2: the ledger's cache-write and raw-usage columns (added in place to a version 1 file)
 # 3: the ledger's service_tier column (added in place to a version 1 or 2 file)
-SCHEMA_VERSION = 3
+# 4: the ledger's analysis columns (context parts, output cap, price version, end user, tags)
+SCHEMA_VERSION = 4
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
