@@ -233,6 +233,8 @@ class Settings(_Frozen):
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     upstream_timeout_s: float = Field(default=600.0, gt=0)
     lease_seconds: float = Field(default=900.0, gt=0)
+    # where the ledger is written, when not in the store: ``postgresql://...`` (the fleet ledger, issue 12)
+    ledger: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
     ledger_flush_seconds: float = Field(default=0.2, gt=0)
     ledger_queue_max: int = Field(default=100_000, gt=0)  # records held in memory; the overflow spills to disk
     ledger_spill_dir: str | None = None  # default: the SQLite file's directory, else ./data

@@ -5,6 +5,8 @@ check-config   config.py      validate the config serve would load
 keys           keys.py        create | list | revoke, on the store
 budgets        budgets.py     show | set (runtime overrides)
 usage          usage.py       requests by outcome, tokens, cost, from the ledger
+explain        analysis.py    why spend changed between two periods (also whatif, reprice)
+report         report.py      one self-contained HTML page of spend
 dashboards     dashboards.py  Prometheus + Grafana files for a gateway on this machine
 mock-upstream  mock.py        the OpenAI-compatible mock provider
 """
@@ -14,14 +16,14 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from . import budgets, config, dashboards, keys, mock, serve, usage
+from . import analysis, budgets, config, dashboards, keys, mock, report, serve, usage
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quotagate", description="A cost-governing gateway for LLM APIs.")
     p.add_argument("--version", action="version", version=f"quotagate {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (serve, config, keys, budgets, usage, dashboards, mock):
+    for group in (serve, config, keys, budgets, usage, analysis, report, dashboards, mock):
         group.add_parsers(sub)
     return p
 
