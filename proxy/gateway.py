@@ -27,6 +27,7 @@ from .budgets import BudgetsInForce
 from .count import Counter
 from .errors import StoreUnavailable
 from .ledger import Ledger, spill_dir
+from .ledger_sink import LedgerSink, copy_stream, ledger_sink
 from .limits import tag
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -61,13 +62,14 @@ class Gateway:
     pipeline: Pipeline
     clock: Callable[[], float]
     precount: Precount
+    sink: LedgerSink  # where the ledger is written and read: the store's, or ``ledger:`` (PostgreSQL)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def admin(self) -> AdminServices:
         """What the admin API (and ``GET /v1/usage``) may use: budgets, keys, usage reads, settings."""
-        return AdminServices(self.settings, self.budgets, self.store, self.keyring, self.store)
+        return AdminServices(self.settings, self.budgets, self.store, self.keyring, self.sink)
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -81,6 +83,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
+        await self.sink.open()  # never waits for a database that is down: the ledger queues and spills
         await self.local.open()
         await self.upstream.start()
         with contextlib.suppress(Exception):
@@ -88,7 +91,8 @@ class Gateway:
         for key in await _safe_list_keys(self.store):
             self.reaper.tags.add(tag(key.team))
         self.ledger.start()
-        await self.precount.load(self.store, _scaled_endpoints())
+        self.background.append(asyncio.create_task(self._copy_stream(), name="quotagate-ledger-copy"))
+        await self.precount.load(self.sink, _scaled_endpoints())
         for model, factor in self.precount.samples():
             if self.settings.providers[self.settings.models[model].provider].kind == "anthropic":
                 self.metrics.set_precount(model, factor)
@@ -99,6 +103,9 @@ class Gateway:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         self.background.append(asyncio.create_task(self.reaper.run(), name="quotagate-accounting"))
+
+    async def _copy_stream(self) -> None:
+        await copy_stream(self.store, self.sink)  # the Redis ledger stream, into ``ledger:`` (if set)
 
     async def stop(self) -> None:
         if self.tasks:
@@ -111,6 +118,7 @@ class Gateway:
         with contextlib.suppress(Exception):
             await self.reservations.reconcile()
         await self.ledger.close()
+        await self.sink.close()
         await self.upstream.close()
         await self.local.close()
         await self.store.close()
@@ -150,7 +158,9 @@ def build_gateway(
     clock: Callable[[], float] = time.time,
     registry: CollectorRegistry | None = None,
 ) -> Gateway:
-    store = store if store is not None else open_store(settings.store, clock=clock)
+    if store is None:
+        store = open_store(settings.store, clock=clock, ledger_stream_max_len=settings.ledger_stream_max_len)
+    sink = ledger_sink(settings, store)
     local = open_store("memory://", clock=clock)
     metrics = Metrics(
         teams=list(settings.teams),
@@ -158,7 +168,7 @@ def build_gateway(
         registry=registry,
     )
     ledger = Ledger(
-        store,
+        sink,
         flush_seconds=settings.ledger_flush_seconds,
         queue_max=settings.ledger_queue_max,
         spill_dir=spill_dir(settings.store, settings.ledger_spill_dir),
@@ -191,5 +201,6 @@ def build_gateway(
         pipeline,
         clock,
         precount,
+        sink,
     )
     return gw

@@ -37,23 +37,27 @@ import secrets
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+
+import psycopg
 
 from . import ledger_spill as spill
 from .errors import StoreUnavailable
 from .ledger_spill import BATCH, SpillFile
 from .ledger_spill import spill_dir as spill_dir  # where the app configures it
 from .metrics import Metrics
-from .store.base import LedgerRecord, Store
+from .store.base import LedgerRecord
 
 log = logging.getLogger("quotagate.ledger")
 _T = TypeVar("_T")
 
 
 def error_cause(err: BaseException) -> str:
-    """The bounded ``cause`` of a failed write: store_unavailable, busy, disk_full, constraint, oom, other."""
+    """The bounded ``cause`` of a failed write: store_unavailable, busy, disk_full, constraint, oom, other.
+
+    The same for every store and the PostgreSQL ledger: a database that is down is store_unavailable."""
     chain: list[BaseException] = []
     e: BaseException | None = err
     while e is not None and len(chain) < 8:
@@ -61,22 +65,39 @@ def error_cause(err: BaseException) -> str:
         e = e.__cause__ or e.__context__
     # the store's own message, not its prefix (a path may say anything); sqlite3 adds its error name
     text = " ".join(f"{getattr(x, 'sqlite_errorname', '')} {_message(x)}" for x in chain).lower()
-    if any(type(x).__name__ == "OutOfMemoryError" for x in chain) or "maxmemory" in text:
+    # PostgreSQL's SQLSTATE (psycopg errors): 53200 out of memory, 53100 disk full, 23xxx integrity, and
+    # lock/serialization failures; any other psycopg OperationalError (connection refused or lost, the
+    # server shutting down or starting up, the pool's timeout) is the database being unavailable
+    states = {str(getattr(x, "sqlstate", None) or "") for x in chain}
+    if any(type(x).__name__ == "OutOfMemoryError" for x in chain) or "maxmemory" in text or "53200" in states:
         return "oom"
-    if "disk is full" in text or any(isinstance(x, OSError) and x.errno == errno.ENOSPC for x in chain):
+    if "disk is full" in text or "53100" in states or any(_enospc(x) for x in chain):
         return "disk_full"
-    if "locked" in text or "busy" in text:
+    if "locked" in text or "busy" in text or states & _PG_BUSY:
         return "busy"
-    if any(isinstance(x, sqlite3.IntegrityError) for x in chain) or "constraint" in text:
+    if any(isinstance(x, sqlite3.IntegrityError | psycopg.IntegrityError) for x in chain) or "constraint" in text:
         return "constraint"
-    if any(isinstance(x, StoreUnavailable) for x in chain):
+    if any(isinstance(x, StoreUnavailable | psycopg.OperationalError) for x in chain):
         return "store_unavailable"
     return "other"
+
+
+_PG_BUSY = frozenset({"40001", "40P01", "55P03", "57014"})  # serialization, deadlock, lock not available, timeout
+
+
+def _enospc(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno == errno.ENOSPC
 
 
 def _message(err: BaseException) -> str:
     text = str(err)
     return text.partition(" unavailable: ")[2] or text
+
+
+class LedgerWriter(Protocol):
+    """What the ledger writes to: a store, or the PostgreSQL ledger (``ledger:``, ``proxy/ledger_sink.py``)."""
+
+    async def write_ledger(self, records: Sequence[LedgerRecord]) -> None: ...
 
 
 class _Streak:
@@ -115,7 +136,7 @@ class Ledger:
 
     def __init__(
         self,
-        store: Store,
+        store: LedgerWriter,
         *,
         flush_seconds: float = 0.2,
         queue_max: int = 100_000,

@@ -7,8 +7,9 @@ reports its input for, the ratio ``provider input / local count`` is kept (the l
 model), and the factor is a high quantile of those ratios times a small margin; until ``min_samples``
 ratios are known it is the configured ``factor``. It never goes below ``min_factor``.
 
-The observations persist in the store as ledger rows (``counted_input`` is the local count,
-``input_tokens`` the provider's), so a restarted process relearns the factor from its recent ledger.
+The observations persist as ledger rows, in the store or the ``ledger:`` database (``counted_input`` is
+the local count, ``input_tokens`` the provider's), so a restarted process relearns the factor from its recent
+ledger.
 
 With ``precount.source: provider`` the provider's own token-count endpoint is asked instead (Anthropic's
 ``/messages/count_tokens``), cached per count body; when it does not answer in ``provider_timeout_s`` (or
@@ -26,9 +27,9 @@ from collections import OrderedDict, deque
 import orjson
 
 from .count import Estimate, Parts
+from .ledger_sink import LedgerReads
 from .parse import ParsedRequest
 from .settings import PrecountSettings, Settings
-from .store.base import Store
 from .upstream import Upstream
 from .values import value
 
@@ -126,7 +127,7 @@ class Precount:
     def samples(self) -> list[tuple[str, float]]:
         return [(name, m.value) for name, m in self._models.items()]
 
-    async def load(self, store: Store, endpoints: frozenset[str], *, days: float = 7.0, limit: int = 5000) -> int:
+    async def load(self, store: LedgerReads, endpoints: frozenset[str], *, days: float = 7.0, limit: int = 5000) -> int:
         """Relearn from the ledger's recent rows on ``endpoints`` (those counted without the model's
         tokenizer); the number of observations taken."""
         if not endpoints:

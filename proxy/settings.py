@@ -238,6 +238,7 @@ class Settings(_Frozen):
     ledger_flush_seconds: float = Field(default=0.2, gt=0)
     ledger_queue_max: int = Field(default=100_000, gt=0)  # records held in memory; the overflow spills to disk
     ledger_spill_dir: str | None = None  # default: the SQLite file's directory, else ./data
+    ledger_stream_max_len: int | None = Field(default=None, gt=0)  # Redis store, no `ledger:`: XADD MAXLEN ~
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     overrides_refresh_seconds: float = Field(default=0.5, gt=0, le=60)  # runtime budget overrides, re-read
     failover_attempts: int = Field(default=3, ge=1, le=10)  # providers tried per request, the first included

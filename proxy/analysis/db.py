@@ -23,3 +23,12 @@ class LedgerDB(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def day_bucket(dialect: Dialect, column: str) -> str:
+    """SQL for the UTC day number (days since 1970-01-01) of an epoch-seconds ``column`` (``ts``), valid in
+    ``dialect``: ``day * 86400`` is that day's midnight. SQLite's ``floor()`` needs a build option, so there it
+    is a truncating cast, exact for ``ts >= 0``."""
+    if dialect == "postgresql":
+        return f"CAST(FLOOR({column} / 86400.0) AS BIGINT)"
+    return f"CAST({column} / 86400 AS INTEGER)"

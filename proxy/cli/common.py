@@ -1,5 +1,7 @@
 """What every command shares: which config file it reads, the store it opens, how it prints tables.
 
+The ledger is read where it is written (``with_ledger``): the ``ledger:`` database when set, else the store.
+
 The config is found in this order: ``--config``, ``$QUOTAGATE_CONFIG``, ``./config/quotagate.yaml``, then
 the default shipped inside the package (``proxy/data/quotagate.yaml``). A relative SQLite path in a config
 resolves against that file's directory; for the packaged default, against the data directory
@@ -21,6 +23,8 @@ from typing import Any, NoReturn, TypeVar
 
 import orjson
 
+from ..errors import StoreUnavailable
+from ..ledger_sink import LedgerReads, ledger_sink
 from ..settings import ConfigError, Settings, load
 from ..store import open_store
 from ..store.base import Store
@@ -96,6 +100,31 @@ def with_store(settings: Settings, fn: Callable[[Store], Awaitable[T]]) -> T:
         try:
             return await fn(store)
         finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def with_ledger(settings: Settings, fn: Callable[[Store, LedgerReads], Awaitable[T]]) -> T:
+    """Open the store and the ledger (``ledger:``'s database when set, else the store's), run ``fn``, close.
+
+    A ledger database that does not answer fails the command, naming ``ledger:``."""
+    if settings.store.startswith("memory://") and settings.ledger is None:
+        fail("the store is memory://: nothing outlives the gateway process; use sqlite:// or redis://", code=2)
+
+    async def run() -> T:
+        store = open_store(settings.store)
+        await store.open()
+        sink = ledger_sink(settings, store)
+        try:
+            await sink.open()
+            return await fn(store, sink)
+        except StoreUnavailable as e:
+            if settings.ledger is None:
+                raise
+            fail(str(e))
+        finally:
+            await sink.close()
             await store.close()
 
     return asyncio.run(run())

@@ -12,10 +12,21 @@ import time
 from typing import Any
 
 from ..admin import new_key
+from ..ledger_sink import LedgerReads
 from ..settings import Settings, hash_key
 from ..store.base import KeyRecord, Store
 from ..units import rfc3339
-from .common import add_config_option, add_format_option, emit, fail, known_team, load_or_exit, parse_since, with_store
+from .common import (
+    add_config_option,
+    add_format_option,
+    emit,
+    fail,
+    known_team,
+    load_or_exit,
+    parse_since,
+    with_ledger,
+    with_store,
+)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -37,9 +48,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _last_used(store: Store, team: str | None, since: float) -> dict[tuple[str, str], float]:
+async def _last_used(ledger: LedgerReads, team: str | None, since: float) -> dict[tuple[str, str], float]:
     last: dict[tuple[str, str], float] = {}
-    for r in await store.ledger(since, team, limit=10**9):
+    for r in await ledger.ledger(since, team, limit=10**9):
         k = (r.team, r.key_name)
         if r.ts > last.get(k, 0.0):
             last[k] = r.ts
@@ -51,10 +62,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     team = known_team(settings, args.team)
     since = time.time() - args.since
 
-    async def read(store: Store) -> tuple[list[KeyRecord], dict[tuple[str, str], float]]:
-        return await store.list_keys(team), await _last_used(store, team, since)
+    async def read(store: Store, ledger: LedgerReads) -> tuple[list[KeyRecord], dict[tuple[str, str], float]]:
+        return await store.list_keys(team), await _last_used(ledger, team, since)
 
-    stored, last = with_store(settings, read)
+    stored, last = with_ledger(settings, read)
     objects: list[dict[str, Any]] = [
         {
             "team": k.team,

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..ledger_sink import LedgerReads
 from ..outcomes import verdict
 from ..store.base import LedgerRecord, Store
 from ..units import rfc3339, usd
-from .common import add_config_option, add_format_option, emit, known_team, load_or_exit, parse_since, with_store
+from .common import add_config_option, add_format_option, emit, known_team, load_or_exit, parse_since, with_ledger
 
 GROUPS: dict[str, tuple[tuple[str, ...], Callable[[LedgerRecord], tuple[str, ...]]]] = {
     "team": (("team",), lambda r: (r.team,)),
@@ -62,10 +63,10 @@ def cmd_usage(args: argparse.Namespace) -> int:
     team = known_team(settings, args.team)
     since = time.time() - args.since
 
-    async def read(store: Store) -> list[LedgerRecord]:
-        return await store.ledger(since, team, limit=10**9)
+    async def read(_: Store, ledger: LedgerReads) -> list[LedgerRecord]:
+        return await ledger.ledger(since, team, limit=10**9)
 
-    rows = aggregate(with_store(settings, read), args.by)
+    rows = aggregate(with_ledger(settings, read), args.by)
     names = GROUPS[args.by][0]
     header = (*names, "requests", "ok", "refused", "failed", "input", "cached", "output", "reasoning", "cost_usd")
     cells = [

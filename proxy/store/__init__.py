@@ -45,8 +45,10 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, clock: Callable[[], float] = time.time) -> Store:
-    """Build (not yet open) the store a URL names; ``await store.open()`` before use."""
+def open_store(url: str, *, clock: Callable[[], float] = time.time, ledger_stream_max_len: int | None = None) -> Store:
+    """Build (not yet open) the store a URL names; ``await store.open()`` before use.
+
+    ``ledger_stream_max_len``: the Redis store's ledger stream is capped at about this many entries."""
     scheme = urlsplit(url).scheme.lower()
     if scheme == "memory":
         return MemoryStore(clock=clock)
@@ -58,7 +60,7 @@ def open_store(url: str, *, clock: Callable[[], float] = time.time) -> Store:
             )
         return SqliteStore(unquote(url[len(prefix) :].split("?", 1)[0]), clock=clock)
     if scheme in ("redis", "rediss"):
-        return RedisStore(url, clock=clock)
+        return RedisStore(url, clock=clock, ledger_max_len=ledger_stream_max_len)
     raise ValueError(
         f"unknown store URL scheme {scheme!r} in {url!r}: expected memory://, sqlite:///path or redis://host:port/db"
     )

@@ -9,6 +9,10 @@ Key layout (``{tag}`` is the lease's ``hash_tag``, e.g. ``{search}``)::
     qg:overrides           HASH team -> JSON           runtime budget overrides
     qg:ledger              STREAM                      one entry per LedgerRecord, each field JSON-encoded
 
+The ledger stream is unbounded unless ``ledger_max_len`` is given (``ledger_stream_max_len``: XADD MAXLEN ~,
+oldest first). With a PostgreSQL ledger (``ledger:``) the stream receives nothing; what it holds from
+before is copied there at startup, a page at a time (``ledger_page``), and trimmed (``trim_ledger``).
+
 Counter keys are ``qg:c:`` + the caller's key (``counters()`` gets no tag), so in a Redis Cluster the
 counter's slot is that of the tag the caller puts first in its key (``{search}:b:day:...``), the same
 slot as the lease: every script touches one slot.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
@@ -64,6 +69,7 @@ OVERRIDES_KEY = "qg:overrides"
 LEDGER_KEY = "qg:ledger"
 LEDGER_DEDUP_MS = 6 * 3_600_000  # a batch written again within this long is skipped (ledger_v2.lua)
 
+log = logging.getLogger("quotagate.ledger")
 _LEDGER_FIELDS = frozenset(f.name for f in dataclasses.fields(LedgerRecord))
 
 
@@ -84,8 +90,10 @@ class RedisStore:
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
         max_connections: int = 64,
+        ledger_max_len: int | None = None,
     ) -> None:
         self._url = url
+        self._ledger_max_len = ledger_max_len or 0  # 0: unbounded
         self._where = url.split("@")[-1]  # never log the password
         self._clock = clock
         self._socket_timeout = socket_timeout
@@ -269,7 +277,7 @@ class RedisStore:
         digest = hashlib.blake2b(b"\n".join(r.request_id.encode() for r in records), digest_size=12).hexdigest()
         # the marker's hash tag is the stream's name: the same cluster slot as the stream
         keys = [LEDGER_KEY, f"{hash_tag(LEDGER_KEY)}:b:{digest}"]
-        args: list[str | int | bytes] = [LEDGER_DEDUP_MS]
+        args: list[str | int | bytes] = [LEDGER_DEDUP_MS, self._ledger_max_len]
         for r in records:  # one field per entry: the record as JSON (orjson encodes dataclasses natively)
             args += [_ms(r.ts), 1, "r", orjson.dumps(r)]
         await self._script("ledger_v2", keys, args)
@@ -291,6 +299,24 @@ class RedisStore:
                 if len(page) < PAGE:
                     return out
                 start = b"(" + page[-1][0]
+
+    async def ledger_page(self, count: int = PAGE) -> list[tuple[bytes, LedgerRecord]]:
+        """The stream's oldest ``count`` entries, oldest first (an unreadable one is logged and left out)."""
+        with guard(self._where):
+            page = cast("list[tuple[bytes, dict[bytes, bytes]]]", await self._r.xrange(LEDGER_KEY, count=count))
+        out: list[tuple[bytes, LedgerRecord]] = []
+        for entry_id, fields in page:
+            try:
+                out.append((entry_id, _ledger_record(fields)))
+            except (ValueError, TypeError) as e:
+                log.error("ledger stream entry %s unreadable, not copied: %s: %r", entry_id.decode(), e, fields)
+        return out
+
+    async def trim_ledger(self, through: bytes) -> None:
+        """Delete every stream entry up to and including ``through`` (XTRIM MINID, exact)."""
+        ms, seq = _stream_id(through)
+        with guard(self._where):
+            await self._r.xtrim(LEDGER_KEY, minid=f"{ms}-{seq + 1}", approximate=False)
 
     async def usage(self, since: float, team: str | None = None) -> list[UsageRow]:
         return usage_rows(r for _, r in await self._read_ledger(since, team))

@@ -1,0 +1,98 @@
+"""Where the ledger is written and read: the store's own table or stream, or the fleet ledger in PostgreSQL
+(``ledger: postgresql://...``). Chosen here, once, for the gateway and the CLI alike.
+
+``ledger_sink(settings, store)`` is what ``Ledger`` writes to and what every ledger read (the pre-count
+relearning, ``quotagate usage``, ``keys list``'s last use, the admin usage) asks. With ``ledger:`` set it is
+a ``PostgresLedger``, opened and closed on its own; otherwise the store itself, behind a ``StoreLedger``
+whose open and close are the store's owner's business.
+
+``copy_stream(store, sink)``: with a PostgreSQL ledger over a Redis store, the records the stream
+``qg:ledger`` holds from before (or from a replica still on an older release) are copied into PostgreSQL
+a page at a time, each page trimmed from the stream once written (idempotent by request_id: replicas
+starting together copy the same page twice and it lands once). The gateway runs it at startup, in the
+background, retrying while either database is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from .settings import Settings
+from .store.base import LedgerRecord, Store, UsageRow
+from .store.redis import RedisStore
+
+log = logging.getLogger("quotagate.ledger")
+RETRY_SECONDS = 1.0  # between attempts of the stream copy while a database is down
+
+
+class LedgerReads(Protocol):
+    async def usage(self, since: float, team: str | None = None) -> list[UsageRow]: ...
+    async def ledger(self, since: float, team: str | None = None, limit: int = 1000) -> list[LedgerRecord]: ...
+
+
+class LedgerSink(LedgerReads, Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def write_ledger(self, records: Sequence[LedgerRecord]) -> None: ...
+
+
+class StoreLedger:
+    """The store's own ledger. Opening and closing are left to whoever opened the store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def write_ledger(self, records: Sequence[LedgerRecord]) -> None:
+        await self.store.write_ledger(records)
+
+    async def usage(self, since: float, team: str | None = None) -> list[UsageRow]:
+        return await self.store.usage(since, team)
+
+    async def ledger(self, since: float, team: str | None = None, limit: int = 1000) -> list[LedgerRecord]:
+        return await self.store.ledger(since, team, limit)
+
+
+def ledger_sink(settings: Settings, store: Store) -> LedgerSink:
+    """The ledger the settings name (not yet open): ``ledger:`` in PostgreSQL, else the store's."""
+    if settings.ledger is None:
+        return StoreLedger(store)
+    from .store.pg_ledger import PostgresLedger  # psycopg is imported only by those who use it
+
+    return PostgresLedger(settings.ledger)
+
+
+async def copy_stream(store: Store, sink: LedgerSink, *, page: int = 1000) -> int:
+    """Copy the Redis ledger stream into a SQL ledger and trim it, a page at a time; the records copied.
+
+    Does nothing unless the store is Redis and the sink is not the store. Retries while either fails."""
+    if not isinstance(store, RedisStore) or isinstance(sink, StoreLedger):
+        return 0
+    copied = 0
+    failing = False
+    while True:
+        try:
+            entries = await store.ledger_page(page)
+            if not entries:
+                break
+            await sink.write_ledger([r for _, r in entries])
+            await store.trim_ledger(entries[-1][0])
+        except Exception as e:
+            if not failing:
+                log.warning("ledger: copying the Redis ledger stream into the `ledger:` database waits: %s", e)
+            failing = True
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
+        failing = False
+        copied += len(entries)
+    if copied:
+        log.warning("ledger: %d records of the Redis ledger stream copied into the `ledger:` database", copied)
+    return copied
