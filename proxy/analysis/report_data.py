@@ -1,27 +1,20 @@
 """The report's numbers, aggregated in SQL (``GROUP BY`` day and team, never a row per request in Python).
 
 Every query is written once for SQLite and PostgreSQL against ``db.LedgerDB``; the one thing the two spell
-differently, flooring an epoch to a UTC day, is ``day_bucket``. Only requests that reached the provider
+differently, flooring an epoch to a UTC day, is ``db.day_bucket``. Only requests that reached the provider
 (``charged``) are spend, as in ``quotagate usage``.
 """
 
 from __future__ import annotations
 
 from ..values import value
-from .db import Dialect, LedgerDB
+from .db import LedgerDB, day_bucket
 
 DAY = 86_400
 
 # Cost-per-request buckets in micro-USD: 1-2-5 per decade, from a micro-dollar to $100 (a log scale);
 # bucket 0 is a request charged nothing, bucket i (1..) costs [EDGES[i-1], EDGES[i]), the last one more.
 EDGES: tuple[int, ...] = tuple(m * 10**e for e in range(9) for m in (1, 2, 5) if m * 10**e <= 100_000_000)
-
-
-def day_bucket(dialect: Dialect, column: str) -> str:
-    """SQL for the UTC day number (days since the epoch) of an epoch-seconds column."""
-    if dialect == "postgresql":
-        return f"FLOOR({column} / 86400)::bigint"
-    return f"CAST({column} / 86400 AS INTEGER)"
 
 
 @value
