@@ -190,7 +190,11 @@ def check_page(page: Any) -> None:
         assert all(s > 0 for s in sizes), chart
         assert svg.locator(".axis-title").count() == 2, chart
         assert page.locator(f"#{chart}-h").is_visible()
-    assert page.locator("#explain-h").is_visible()
+    sentence = page.locator(".explain .sentence").inner_text()
+    assert "history" in sentence and "assistant" in sentence, sentence
+    effects = page.locator("table.effects tbody tr")
+    assert effects.count() == 5
+    assert any("history tokens per request" in effects.nth(i).inner_text() for i in range(5))
     burn = page.locator("table.burn tbody tr")
     teams = [burn.nth(i).locator("th").inner_text() for i in range(burn.count())]
     for team in ("assistant", "search", "batch-jobs"):

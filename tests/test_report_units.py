@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from proxy.analysis.db_sqlite import SqliteLedgerDB
 from proxy.analysis.report_burn import project
 from proxy.analysis.report_charts import bucket_label
 from proxy.analysis.report_data import EDGES, CostBucket, bucket, cost_histogram, spend_by_day, spent_since
-from proxy.analysis.report_db import SqliteLedgerDB
 from proxy.analysis.report_format import (
     count,
     day_label,

@@ -36,7 +36,8 @@ class ExplainView:
     period_cost_micro: int
     baseline_requests: int
     period_requests: int
-    effects: tuple[EffectRow, ...]
+    effects: tuple[EffectRow, ...]  # the largest, by size
+    notes: tuple[str, ...] = ()  # what the reader should know about the comparison (explain's notes)
 
 
 @value
@@ -52,8 +53,7 @@ class ReportData:
     context: tuple[DayContext, ...]
     costs: tuple[CostBucket, ...]
     burns: tuple[Burn, ...]
-    explain: ExplainView | None
-    explain_note: str | None = None  # why there is no explanation
+    explain: ExplainView | None  # None: no request in the period
 
 
 def render(data: ReportData) -> str:
@@ -115,13 +115,12 @@ def _explain(data: ReportData) -> str:
     head = '<section class="explain" aria-labelledby="explain-h"><h2 id="explain-h">4. What changed</h2>'
     x = data.explain
     if x is None:
-        note = data.explain_note or "no explanation for this period."
-        return f"{head}<p>No explanation: {escape(note)}</p></section>"
+        return f"{head}<p>No request in the period: nothing to explain.</p></section>"
     summary = (
         f"This period {money(x.period_cost_micro)} over {count(x.period_requests)} requests; the one before "
         f"{money(x.baseline_cost_micro)} over {count(x.baseline_requests)}."
     )
-    top = sorted(x.effects, key=lambda e: (-abs(e.micro_usd), e.team, e.model, e.driver))[:TOP_EFFECTS]
+    top = x.effects[:TOP_EFFECTS]
     rows = "".join(
         f"<tr><td>{escape(e.team)}</td><td>{escape(e.model)}</td><td>{escape(e.driver)}</td>"
         f"<td>{escape(signed_money(e.micro_usd))}</td></tr>"
@@ -134,7 +133,9 @@ def _explain(data: ReportData) -> str:
         if top
         else "<p>No effect to show.</p>"
     )
-    return f'{head}<p class="sentence">{escape(x.sentence)}</p><p>{summary}</p>{table}</section>'
+    notes = "".join(f"<li>{escape(n)}</li>" for n in x.notes)
+    notes_html = f'<ul class="notes">{notes}</ul>' if notes else ""
+    return f'{head}<p class="sentence">{escape(x.sentence)}</p><p>{summary}</p>{table}{notes_html}</section>'
 
 
 def _amount(value: float, unit: str) -> str:

@@ -8,31 +8,33 @@ import sys
 import time
 from pathlib import Path
 
+from ..analysis.db_sqlite import LedgerUnavailable
+from ..analysis.periods import Period, PeriodError, parse_since
 from ..analysis.report import build_report
-from ..analysis.report_db import SqliteLedgerDB, sqlite_path
+from ..analysis.source import open_ledger_db
 from ..settings import Settings
-from .common import add_config_option, fail, load_or_exit, parse_since
+from .common import add_config_option, fail, load_or_exit
 
 
-async def _render(settings: Settings, since: float, now: float) -> str:
-    if settings.ledger is not None:
-        fail("the report reads a SQLite ledger only for now (settings.ledger is PostgreSQL)", code=2)
-    if not settings.store.startswith("sqlite:///"):
-        fail(f"the ledger is in the store {settings.store.split(':', 1)[0]}://: the report reads SQLite", code=2)
-    path = sqlite_path(settings.store)
-    if not path.is_file():
-        fail(f"no ledger at {path} (has a gateway run with this config?)")
-    db = SqliteLedgerDB(path)
+async def _render(settings: Settings, period: Period, now: float) -> str:
     try:
-        return await build_report(db, settings, start=now - since, end=now, now=now)
-    finally:
-        await db.close()
+        db = await open_ledger_db(settings)
+        try:
+            return await build_report(db, settings, period, now)
+        finally:
+            await db.close()
+    except LedgerUnavailable as e:
+        fail(str(e))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     _, settings = load_or_exit(args.config)
     now = time.time()
-    page = asyncio.run(_render(settings, args.since, now))
+    try:
+        period = parse_since(args.since, now)
+    except PeriodError as e:
+        fail(f"--since: {e}", code=2)
+    page = asyncio.run(_render(settings, period, now))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
@@ -51,10 +53,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument(
         "--since",
-        type=parse_since,
-        default=parse_since("30d"),
-        metavar="DURATION",
-        help="the period: how far back from now, e.g. 7d, 30d, 2w (default: 30d)",
+        default="30d",
+        metavar="WHEN",
+        help="the period: from a time ago (7d, 30d, 2w), a date or an RFC 3339 time to now, or START..END "
+        "(default: %(default)s)",
     )
     p.add_argument("--out", default="report.html", metavar="FILE", help="where to write (default: %(default)s)")
     add_config_option(p)
