@@ -11,8 +11,9 @@ and 6-9 us of client CPU; psycopg's ``executemany`` (pipelined) 50-54 us and 23-
 parameters. A batch replayed whole (every row a conflict): COPY 11-20 us per row, executemany 36-53.
 
 Connections: a ``psycopg_pool.AsyncConnectionPool`` (autocommit; each connection checked as it is taken,
-so one that died with a restarted server is replaced, not failed on). Opening never waits for the
-database: a gateway whose ledger database is down starts, logs it once naming ``ledger:``, and its records
+so one that died with a restarted server is replaced, not failed on). Opening waits at most a second for
+the database: a gateway whose ledger database is down starts, logs it once naming ``ledger:`` (calls then
+fail within ``DOWN_WAIT`` while the pool keeps trying to connect in the background), and its records
 wait in the ledger's queue and spill files until the database answers (the schema is brought up to date on
 the first connection that works). Connection failures surface as ``StoreUnavailable``.
 """
@@ -83,6 +84,7 @@ async def _configure(con: psycopg.AsyncConnection[Any]) -> None:
 
 
 _LAST_ERROR: dict[str, str] = {}  # conninfo -> why its last connection attempt failed
+DOWN_WAIT = 0.25  # seconds a call waits for a connection while the last attempt to connect failed
 
 
 class _Connection(psycopg.AsyncConnection[Any]):
@@ -141,7 +143,7 @@ class PostgresLedger:
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # each reconnect attempt: ours log once
         await self._pool.open(wait=False)
         try:
-            async with self._connection():
+            async with self._connection(min(self._timeout, 1.0)):
                 pass
         except StoreUnavailable as e:
             log.warning(
@@ -159,18 +161,21 @@ class PostgresLedger:
             await con.execute("SELECT 1")
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[_Connection]:
+    async def _connection(self, wait: float | None = None) -> AsyncIterator[_Connection]:
+        """A pooled connection; waits up to ``wait`` for one, only DOWN_WAIT while the database is down."""
         if self._pool is None:
             raise StoreUnavailable(f"ledger: the PostgreSQL ledger at {self.where} is not open")
+        if wait is None:
+            wait = min(self._timeout, DOWN_WAIT) if self._url in _LAST_ERROR else self._timeout
         try:
-            async with self._pool.connection() as con:
+            async with self._pool.connection(wait) as con:
                 if not self._schema_ok:
                     await self._ensure_schema(con)
                 yield con
         except psycopg.OperationalError as e:  # connection refused or lost, pool timeout, server shutting down
             detail = str(e).strip() or type(e).__name__
             if isinstance(e, PoolTimeout):
-                detail = _LAST_ERROR.get(self._url) or f"no connection within {self._timeout:g}s"
+                detail = _LAST_ERROR.get(self._url) or f"no connection within {wait:g}s"
             raise StoreUnavailable(f"ledger: PostgreSQL ledger at {self.where} unavailable: {detail}") from e
 
     async def _ensure_schema(self, con: psycopg.AsyncConnection[Any]) -> None:
