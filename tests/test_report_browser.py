@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -108,12 +109,12 @@ def demo_config(tmp: Path, db: Path) -> Path:
             "o4-mini": {"provider": "openai"},
         },
         "teams": {
-            "assistant": {"budgets": [{"window": "day", "usd": 40}, {"window": "month", "usd": 900}]},
+            "assistant": {"budgets": [{"window": "day", "usd": 40}, {"window": "month", "usd": 120}]},
             "search": {"budgets": [{"window": "month", "tokens": 200_000_000}]},
             "batch-jobs": {"budgets": [{"window": "day", "tokens": 20_000_000}]},
         },
         "keys": [
-            {"team": "search", "name": "search-api", "key": "sk-search", "budgets": [{"window": "day", "usd": 5}]}
+            {"team": "search", "name": "search-api", "key": "sk-search", "budgets": [{"window": "day", "usd": 0.05}]}
         ],
     }
     return write_config(tmp, cfg)
@@ -164,10 +165,12 @@ def test_report_in_a_browser(report_html: Path) -> None:
             assert errors == []
             assert requests == [report_html.as_uri()]
             check_page(page)
-            shot = artifacts_dir() / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
-            if os.environ.get("QUOTAGATE_REPORT_PNG"):
-                page.screenshot(path=os.environ["QUOTAGATE_REPORT_PNG"], full_page=True)
+            page.screenshot(path=str(artifacts_dir() / "report.png"), full_page=True)
+            if os.environ.get("QUOTAGATE_REPORT_PNG"):  # the README's, at 0.8 px per CSS px: under 300 KB
+                small = browser.new_page(viewport={"width": 960, "height": 900}, device_scale_factor=0.8)
+                small.goto(report_html.as_uri(), wait_until="load")
+                small.screenshot(path=os.environ["QUOTAGATE_REPORT_PNG"], full_page=True)
+            check_print(page)
         finally:
             browser.close()
 
@@ -189,6 +192,8 @@ def check_page(page: Any) -> None:
         )
         assert all(s > 0 for s in sizes), chart
         assert svg.locator(".axis-title").count() == 2, chart
+        tip = marks.first.locator("title").text_content()  # each mark's tooltip: its label and value
+        assert tip and re.search(r"\S: [$\d]", tip), tip
         assert page.locator(f"#{chart}-h").is_visible()
     sentence = page.locator(".explain .sentence").inner_text()
     assert "history" in sentence and "assistant" in sentence, sentence
@@ -201,3 +206,11 @@ def check_page(page: Any) -> None:
         assert team in teams
     assert "search \u00b7 key search-api" in teams
     assert page.locator("table.burn").inner_text().count("$") >= 4
+
+
+def check_print(page: Any) -> None:
+    """Printed, the charts stay and the data tables (disclosures) go."""
+    page.emulate_media(media="print")
+    assert page.locator("svg#chart-spend").is_visible()
+    assert not page.locator("details.data").first.is_visible()
+    assert page.locator("svg#chart-spend").bounding_box()["height"] > 100

@@ -212,7 +212,7 @@ th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line
 thead th { border-bottom: 2px solid var(--ink); font-size: 0.9rem; }
 caption { text-align: left; color: var(--muted); font-size: 0.9rem; padding-bottom: 4px; }
 table.effects td:last-child, table.effects th.n, table.burn td:nth-child(n+3), table.num td { text-align: right; }
-table.burn td:nth-child(n+3) { white-space: nowrap; }
+table.burn td { white-space: nowrap; }
 small { color: var(--muted); }
 .sentence { font-size: 1.1rem; border-left: 4px solid #0072B2; padding: 4px 12px; background: #f3f7fb; }
 .bar { display: inline-block; width: 60px; height: 8px; background: #eaeef2; border-radius: 4px;
