@@ -87,16 +87,17 @@ def demo_records(now: float, days: int = 60, seed: int = 12) -> list[LedgerRecor
     return out
 
 
-def write_ledger(path: Path, records: list[LedgerRecord]) -> None:
-    async def go() -> None:
-        store = SqliteStore(path)
-        await store.open()
-        try:
-            await store.write_ledger(records)
-        finally:
-            await store.close()
+async def write_sqlite(path: Path, records: list[LedgerRecord]) -> None:
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        await store.write_ledger(records)
+    finally:
+        await store.close()
 
-    asyncio.run(go())
+
+def write_ledger(path: Path, records: list[LedgerRecord]) -> None:
+    asyncio.run(write_sqlite(path, records))
 
 
 def demo_config(tmp: Path, db: Path) -> Path:
