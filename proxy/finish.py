@@ -148,6 +148,7 @@ def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRe
         input_tools=parts.tools if parts is not None else None,
         input_history=parts.history if parts is not None else None,
         input_new=parts.new if parts is not None else None,
+        history_messages=parts.history_messages if parts is not None and parts.history_messages else None,
         output_cap=adm.output_cap,
         price_version=adm.price.version if adm.price is not None else None,
         end_user=adm.end_user,

@@ -82,7 +82,9 @@ class Precount:
         tokens = math.ceil(est.tokens * factor)
         p = est.parts
         new = p.new + tokens - est.tokens
-        return Estimate(tokens, False, Parts(p.system, p.tools, p.history, new), est.unseen, est.tokens)
+        return Estimate(
+            tokens, False, Parts(p.system, p.tools, p.history, new, p.history_messages), est.unseen, est.tokens
+        )
 
     async def provider_count(self, model: str, req: ParsedRequest, upstream_model: str) -> int | None:
         """The provider's count of ``req`` where the model asks for it (``precount.source: provider``) and the
@@ -117,7 +119,7 @@ class Precount:
         the difference goes to the latest turn."""
         p = est.parts
         new = max(p.new + tokens - est.tokens, 0)
-        return Estimate(tokens, False, Parts(p.system, p.tools, p.history, new))
+        return Estimate(tokens, False, Parts(p.system, p.tools, p.history, new, p.history_messages))
 
     def observe(self, model: str, local: int, provider: int) -> None:
         m = self._models.get(model)

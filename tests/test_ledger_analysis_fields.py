@@ -42,10 +42,11 @@ async def test_a_request_is_recorded_with_its_parts_cap_price_user_and_tags(tmp_
     assert first.input_system and first.input_history and first.input_new and first.input_tools == 0
     assert first.input_system + first.input_tools + first.input_history + first.input_new == first.counted_input
     assert (first.output_cap, first.end_user, first.tags) == (50, "u-123", "checkout,beta")
+    assert first.history_messages == 2  # the first question and its answer
     assert first.price_version == "prices.yaml@2026-11-01"  # gpt-4o-mini's price is the shipped table's
     # no cap from the client: the team's max_output_tokens (2000) is injected, and recorded as sent
     assert (second.output_cap, second.end_user, second.tags) == (2000, "sid-9", None)
-    assert (second.input_system, second.input_history) == (0, 0)
+    assert (second.input_system, second.input_history, second.history_messages) == (0, 0, None)
     assert second.input_new == second.counted_input
 
 

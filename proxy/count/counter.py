@@ -34,6 +34,7 @@ class Parts:
     tools: int  # tool/function definitions
     history: int  # earlier turns (everything before the latest user turn, except system)
     new: int  # the latest user turn and anything after it (+ the reply primer)
+    history_messages: int = 0  # how many messages ``history`` is made of (0: none, or not known)
 
 
 @value
@@ -268,7 +269,8 @@ class Counter:
                     self._cache.put(slot.key, value, slot.size)
             sums[slot.bucket] += value[0]
             exact = exact and value[1]
-        parts = Parts(sums["system"], sums["tools"], sums["history"], sums["new"])
+        turns = sum(1 for slot in slots if slot.bucket == "history")
+        parts = Parts(sums["system"], sums["tools"], sums["history"], sums["new"], turns)
         return Estimate(parts.system + parts.tools + parts.history + parts.new, exact, parts)
 
 

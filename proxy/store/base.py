@@ -142,6 +142,7 @@ class LedgerRecord:
     input_tools: int | None = None
     input_history: int | None = None
     input_new: int | None = None
+    history_messages: int | None = None  # how many messages input_history is made of (None: not known)
     output_cap: int | None = None
     price_version: str | None = None
     end_user: str | None = None

@@ -48,14 +48,17 @@ def create_schema(con: sqlite3.Connection) -> None:
         con.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
     elif row[0] > SCHEMA_VERSION:
         raise RuntimeError(f"SQLite store schema version {row[0]} is newer than this quotagate ({SCHEMA_VERSION})")
-    elif row[0] < SCHEMA_VERSION:
-        _migrate(con)
+    else:
+        _migrate(con, row[0])
 
 
-def _migrate(con: sqlite3.Connection) -> None:
-    """An older file: the ledger columns it lacks are added (NULL in its rows), then its version is raised."""
+def _migrate(con: sqlite3.Connection, version: int) -> None:
+    """The ledger columns a file lacks are added (NULL in its rows), then an older file's version is raised.
+    Columns are compared on every open, not versions: a file written by a build of the same version that had
+    fewer columns gains them too."""
     have = {r[1] for r in con.execute("PRAGMA table_info(ledger)")}
     for column in sqlite_ledger.COLUMNS:
         if column not in have:
             con.execute(f"ALTER TABLE ledger ADD COLUMN {column}")
-    con.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+    if version < SCHEMA_VERSION:
+        con.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
