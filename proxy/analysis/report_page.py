@@ -66,16 +66,15 @@ def render(data: ReportData) -> str:
             "that the config names the ledger the gateway writes.</p></section>"
         )
     else:
-        body.append(_figure("1", spend_chart(data.days, data.spend), "Each bar is one UTC day, split by team."))
+        body.append(_figure(spend_chart(data.days, data.spend), "Each bar is one UTC day, split by team."))
         body.append(
             _figure(
-                "2",
                 context_chart(data.days, data.context),
                 "Average counted input per request, by the part of the context it came from: history that grows "
                 "day after day is a conversation re-sending its past turns.",
             )
         )
-        body.append(_figure("3", cost_chart(data.costs), "How many requests cost how much, on a log scale."))
+        body.append(_figure(cost_chart(data.costs), "How many requests cost how much, on a log scale."))
         body.append(_explain(data))
     body.append(_budgets(data.burns, data.generated))
     return _document(data.title, "\n".join(body), data.generated)
@@ -100,11 +99,11 @@ def _header(data: ReportData) -> str:
     )
 
 
-def _figure(n: str, chart: Chart, caption: str) -> str:
+def _figure(chart: Chart, caption: str) -> str:
     legend_html = legend(chart.series) if len(chart.series) > 1 else ""
     return (
         f'<section class="chart-section" aria-labelledby="{chart.id}-h">'
-        f'<h2 id="{chart.id}-h">{n}. {escape(chart.title)}</h2>'
+        f'<h2 id="{chart.id}-h">{escape(chart.title)}</h2>'
         f"<figure>{legend_html}{stacked_bars(chart)}"
         f"<figcaption>{escape(caption)} {escape(chart.desc)}</figcaption></figure>"
         f"{data_table(chart)}</section>"
@@ -112,7 +111,7 @@ def _figure(n: str, chart: Chart, caption: str) -> str:
 
 
 def _explain(data: ReportData) -> str:
-    head = '<section class="explain" aria-labelledby="explain-h"><h2 id="explain-h">4. What changed</h2>'
+    head = '<section class="explain" aria-labelledby="explain-h"><h2 id="explain-h">What changed</h2>'
     x = data.explain
     if x is None:
         return f"{head}<p>No request in the period: nothing to explain.</p></section>"
@@ -170,7 +169,7 @@ def _burn_row(b: Burn) -> str:
 
 
 def _budgets(burns: Sequence[Burn], now: float) -> str:
-    head = '<section class="budgets" aria-labelledby="budgets-h"><h2 id="budgets-h">5. Budget burn</h2>'
+    head = '<section class="budgets" aria-labelledby="budgets-h"><h2 id="budgets-h">Budget burn</h2>'
     if not burns:
         return f"{head}<p>The config sets no budget.</p></section>"
     rows = [_burn_row(b) for b in burns]
