@@ -181,7 +181,7 @@ def factors(s: Sums, team_requests: int, rates: tuple[int, int, int, int, int]) 
     ref_in = uncached * ru + cached * rc + w5m * r5 + w1h * r1
     ref = ref_in + s.output * ro
     g = ref_in / inp if inp else float(ru)
-    price = s.cost * 1_000_000 / ref if ref else 1.0
+    price = s.cost / ref if ref else 1.0  # micro-USD charged per pico-USD at the reference: terms in micro-USD
     per = tuple(x / s.requests for x in s.billed_parts())
     return lmdi.Factors(
         float(team_requests), s.requests / team_requests, (per[0], per[1], per[2], per[3]),
