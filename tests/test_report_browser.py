@@ -210,8 +210,12 @@ def check_page(page: Any) -> None:
 
 
 def check_print(page: Any) -> None:
-    """Printed, the charts stay and the data tables (disclosures) go."""
+    """Printed (on a page narrower than the screen: nothing sticks out), the charts stay and the data tables
+    (disclosures) go."""
     page.emulate_media(media="print")
+    page.set_viewport_size({"width": 700, "height": 900})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 700
     assert page.locator("svg#chart-spend").is_visible()
     assert not page.locator("details.data").first.is_visible()
     assert page.locator("svg#chart-spend").bounding_box()["height"] > 100
+    assert page.pdf(format="A4")[:5] == b"%PDF-"  # and it prints

@@ -211,7 +211,7 @@ th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line
 thead th { border-bottom: 2px solid var(--ink); font-size: 0.9rem; }
 caption { text-align: left; color: var(--muted); font-size: 0.9rem; padding-bottom: 4px; }
 table.effects td:last-child, table.effects th.n, table.burn td:nth-child(n+3), table.num td { text-align: right; }
-table.burn td { white-space: nowrap; }
+table.burn td:nth-child(n+3):nth-child(-n+6), table.burn small { white-space: nowrap; }
 small { color: var(--muted); }
 .sentence { font-size: 1.1rem; border-left: 4px solid #0072B2; padding: 4px 12px; background: #f3f7fb; }
 .bar { display: inline-block; width: 60px; height: 8px; background: #eaeef2; border-radius: 4px;
@@ -226,6 +226,8 @@ footer { margin-top: 32px; color: var(--muted); font-size: 0.85rem; }
 @media print {
   body { max-width: none; padding: 0; font-size: 11pt; }
   details.data { display: none; }
+  th, td { padding: 3px 5px; }
+  .bar { width: 36px; }
   section { margin-top: 16pt; }
   @page { margin: 14mm; }
 }
