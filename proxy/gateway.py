@@ -27,7 +27,7 @@ from .budgets import BudgetsInForce
 from .count import Counter
 from .errors import StoreUnavailable
 from .ledger import Ledger, spill_dir
-from .ledger_sink import LedgerSink, copy_stream, ledger_sink
+from .ledger_sink import LedgerSink, copy_stream, ledger_sink, start_sink
 from .limits import tag
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -83,7 +83,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
-        await self.sink.open()  # never waits for a database that is down: the ledger queues and spills
+        await start_sink(self.sink)  # a ledger database that is down is logged: the ledger queues and spills
         await self.local.open()
         await self.upstream.start()
         with contextlib.suppress(Exception):

@@ -70,6 +70,15 @@ def ledger_sink(settings: Settings, store: Store) -> LedgerSink:
     return PostgresLedger(settings.ledger)
 
 
+async def start_sink(sink: LedgerSink) -> None:
+    """Open the gateway's sink: a ledger database that does not answer is logged (naming ``ledger:``), never
+    fatal; its rows wait in the ledger's queue and spill files."""
+    await sink.open()
+    down = getattr(sink, "unavailable", None)
+    if down is not None:
+        log.warning("%s; the gateway starts anyway: ledger rows wait in memory and spill files until it answers", down)
+
+
 async def copy_stream(store: Store, sink: LedgerSink, *, page: int = 1000) -> int:
     """Copy the Redis ledger stream into a SQL ledger and trim it, a page at a time; the records copied.
 

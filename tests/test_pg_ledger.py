@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -32,7 +33,7 @@ from proxy.store.base import LedgerRecord
 from proxy.store.pg_ledger import PostgresLedger, placeholders
 from proxy.store.pg_schema import COLUMNS, SCHEMA_VERSION, TYPES, SchemaTooNew
 from proxy.store.redis import LEDGER_KEY, RedisStore
-from tests.gateway import ROOT, base_config, start_gateway, start_mock
+from tests.gateway import ROOT, base_config, free_port, start_gateway, start_mock, write_config
 from tests.pg_server import PostgresProcess, pg_server, postgres_url, wait_ready
 from tests.test_ledger_faults import errors, make_metrics, rec, spill_files, until
 
@@ -183,6 +184,25 @@ async def test_a_newer_table_is_refused_and_the_records_kept(pg_url: str, tmp_pa
 
 
 # the read interface of the analysis commands
+
+
+async def test_a_reader_without_create_rights_opens_an_up_to_date_ledger(own_pg: PostgresProcess) -> None:
+    url = own_pg.url()
+    writer = PostgresLedger(url)
+    await writer.open()
+    await writer.write_ledger([rec(1)])
+    await writer.close()
+    with contextlib.suppress(psycopg.errors.DuplicateObject):
+        sql(url, "CREATE ROLE qg_reader LOGIN")
+    sql(url, "GRANT SELECT ON ledger, ledger_schema_version TO qg_reader")
+    reader = PostgresLedger(url.replace("postgres@", "qg_reader@"))
+    await reader.open()
+    try:
+        assert await reader.fetch("SELECT request_id FROM ledger") == [("r1",)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await reader.write_ledger([rec(2)])
+    finally:
+        await reader.close()
 
 
 async def test_fetch_translates_placeholders(pg: PostgresLedger) -> None:
@@ -357,6 +377,19 @@ def test_the_sink_follows_the_settings(clean_redis: str) -> None:
 
 
 # end to end
+
+
+def test_the_cli_names_ledger_when_the_database_does_not_answer(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = base_config("http://127.0.0.1:9", f"sqlite:///{tmp_path}/q.db", ledger=f"postgresql://u@127.0.0.1:{port}/x")
+    path = write_config(tmp_path, cfg)
+    res = subprocess.run(
+        [sys.executable, "-m", "proxy", "usage", "--config", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert f"quotagate: ledger: PostgreSQL ledger at 127.0.0.1:{port}/x unavailable: " in res.stderr, res.stderr
+    assert "Connection refused" in res.stderr and "Traceback" not in res.stderr
 
 
 def pg_rows(url: str) -> list[tuple[str, str, int]]:

@@ -119,7 +119,7 @@ def with_ledger(settings: Settings, fn: Callable[[Store, LedgerReads], Awaitable
         try:
             await sink.open()
             return await fn(store, sink)
-        except StoreUnavailable as e:
+        except (StoreUnavailable, RuntimeError) as e:  # RuntimeError: the ledger's schema is newer than this code
             if settings.ledger is None:
                 raise
             fail(str(e))

@@ -120,9 +120,10 @@ class PostgresLedger:
         self._pool: AsyncConnectionPool[_Connection] | None = None
         self._schema_ok = False
         self._schema_lock = asyncio.Lock()
+        self.unavailable: StoreUnavailable | None = None  # why the database did not answer at open()
 
     async def open(self) -> None:
-        """Start the pool without waiting for the database; bring the schema up to date if it answers.
+        """Start the pool; within a second, bring the schema up to date, else note why in ``unavailable``.
 
         Raises only for a table newer than this code (``SchemaTooNew``)."""
         if self._pool is not None:
@@ -144,12 +145,9 @@ class PostgresLedger:
         await self._pool.open(wait=False)
         try:
             async with self._connection(min(self._timeout, 1.0)):
-                pass
+                self.unavailable = None
         except StoreUnavailable as e:
-            log.warning(
-                "%s; the gateway starts anyway: ledger records wait in memory and spill files until it answers",
-                e,
-            )
+            self.unavailable = e  # the gateway logs it (ledger_sink.start_sink); a command fails at its first read
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -61,23 +61,16 @@ class SchemaTooNew(RuntimeError):
 
 
 async def ensure_schema(con: psycopg.AsyncConnection[Any], where: str) -> None:
-    """Create or migrate the table, in one transaction under the advisory lock."""
+    """Create or migrate the table, in one transaction under the advisory lock; nothing but reads when it is
+    up to date already (a reader without CREATE rights opens an up-to-date ledger)."""
+    version, have = await _state(con, where)
+    if version == SCHEMA_VERSION and have.issuperset(COLUMNS):
+        return
     async with con.transaction():
         await con.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
         await con.execute("CREATE TABLE IF NOT EXISTS ledger_schema_version (version INTEGER NOT NULL)")
-        row = await (await con.execute("SELECT MAX(version) FROM ledger_schema_version")).fetchone()
-        version = row[0] if row is not None else None
-        if version is not None and version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"ledger: the PostgreSQL ledger at {where} has schema version {version}, "
-                f"newer than this quotagate's ({SCHEMA_VERSION})"
-            )
         await con.execute(CREATE)
-        cur = await con.execute(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name = 'ledger'"
-        )
-        have = {r[0] for r in await cur.fetchall()}
+        version, have = await _state(con, where)
         for name in COLUMNS:
             if name not in have:
                 await con.execute(f"ALTER TABLE ledger ADD COLUMN {name} {TYPES[name]}")
@@ -87,3 +80,22 @@ async def ensure_schema(con: psycopg.AsyncConnection[Any], where: str) -> None:
             await con.execute("INSERT INTO ledger_schema_version VALUES (%s)", (SCHEMA_VERSION,))
         elif version < SCHEMA_VERSION:
             await con.execute("UPDATE ledger_schema_version SET version = %s", (SCHEMA_VERSION,))
+
+
+async def _state(con: psycopg.AsyncConnection[Any], where: str) -> tuple[int | None, set[str]]:
+    """(schema version or None, the ledger's columns); raises SchemaTooNew for a version past this code's."""
+    row = await (await con.execute("SELECT to_regclass('ledger_schema_version') IS NOT NULL")).fetchone()
+    version = None
+    if row is not None and row[0]:
+        found = await (await con.execute("SELECT MAX(version) FROM ledger_schema_version")).fetchone()
+        version = found[0] if found is not None else None
+    if version is not None and version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"ledger: the PostgreSQL ledger at {where} has schema version {version}, "
+            f"newer than this quotagate's ({SCHEMA_VERSION})"
+        )
+    cur = await con.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'ledger'"
+    )
+    return version, {r[0] for r in await cur.fetchall()}
