@@ -4,7 +4,9 @@ budget projections, and an empty ledger (a page that says so)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -187,3 +189,32 @@ def test_report_without_a_ledger_file_fails_clearly(tmp_path: Path, capsys: pyte
         main(["report", "--out", str(tmp_path / "x.html"), "--config", str(cfg)])
     assert e.value.code != 0 and "missing.db" in capsys.readouterr().err
     assert not (tmp_path / "x.html").exists()
+
+
+def test_rows_without_input_parts_leave_that_chart_out(tmp_path: Path) -> None:
+    """A ledger written before the input split (NULL parts): the context chart says so, the rest is drawn."""
+    now = time.time()
+    rows = [dataclasses.replace(record(i, now - i * 3600, "assistant", 2_000), input_system=None) for i in range(30)]
+    write_ledger(tmp_path / "old.db", rows)
+    out = tmp_path / "old.html"
+    assert (
+        main(
+            ["report", "--since", "3d", "--out", str(out), "--config", str(demo_config(tmp_path, tmp_path / "old.db"))]
+        )
+        == 0
+    )
+    html = out.read_text()
+    assert 'id="chart-spend"' in html and 'id="chart-cost"' in html and 'id="chart-context"' not in html
+    assert "Nothing to chart: No request in the period recorded its input by part." in html
+
+
+def test_a_bad_period_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_ledger(tmp_path / "l.db", [])
+    cfg = str(demo_config(tmp_path, tmp_path / "l.db"))
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--since", "last tuesday", "--out", str(tmp_path / "x.html"), "--config", cfg])
+    assert e.value.code == 2 and "--since" in capsys.readouterr().err
+    assert (
+        main(["report", "--since", "2026-01-01..2026-01-08", "--out", str(tmp_path / "y.html"), "--config", cfg]) == 0
+    )
+    assert "2026-01-01 00:00 UTC</strong> to <strong>2026-01-08 00:00 UTC" in (tmp_path / "y.html").read_text()

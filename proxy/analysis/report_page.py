@@ -100,10 +100,15 @@ def _header(data: ReportData) -> str:
 
 
 def _figure(chart: Chart, caption: str) -> str:
-    legend_html = legend(chart.series) if len(chart.series) > 1 else ""
-    return (
+    head = (
         f'<section class="chart-section" aria-labelledby="{chart.id}-h">'
         f'<h2 id="{chart.id}-h">{escape(chart.title)}</h2>'
+    )
+    if not any(v > 0 for s in chart.series for v in s.values):
+        return f'{head}<p class="nodata">Nothing to chart: {escape(chart.desc)}</p></section>'
+    legend_html = legend(chart.series) if len(chart.series) > 1 else ""
+    return (
+        f"{head}"
         f"<figure>{legend_html}{stacked_bars(chart)}"
         f"<figcaption>{escape(caption)} {escape(chart.desc)}</figcaption></figure>"
         f"{data_table(chart)}</section>"
