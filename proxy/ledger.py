@@ -41,8 +41,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import psycopg
-
 from . import ledger_spill as spill
 from .errors import StoreUnavailable
 from .ledger_spill import BATCH, SpillFile
@@ -75,14 +73,20 @@ def error_cause(err: BaseException) -> str:
         return "disk_full"
     if "locked" in text or "busy" in text or states & _PG_BUSY:
         return "busy"
-    if any(isinstance(x, sqlite3.IntegrityError | psycopg.IntegrityError) for x in chain) or "constraint" in text:
+    integrity = any(s.startswith("23") for s in states)
+    if integrity or any(isinstance(x, sqlite3.IntegrityError) for x in chain) or "constraint" in text:
         return "constraint"
-    if any(isinstance(x, StoreUnavailable | psycopg.OperationalError) for x in chain):
+    if any(isinstance(x, StoreUnavailable) or _pg_operational(x) for x in chain):
         return "store_unavailable"
     return "other"
 
 
 _PG_BUSY = frozenset({"40001", "40P01", "55P03", "57014"})  # serialization, deadlock, lock not available, timeout
+
+
+def _pg_operational(err: BaseException) -> bool:
+    """A psycopg OperationalError (by its class, without importing psycopg on every gateway's start)."""
+    return any(c.__name__ == "OperationalError" and c.__module__.startswith("psycopg") for c in type(err).__mro__)
 
 
 def _enospc(err: BaseException) -> bool:

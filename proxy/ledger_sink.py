@@ -10,7 +10,7 @@ whose open and close are the store's owner's business.
 ``qg:ledger`` holds from before (or from a replica still on an older release) are copied into PostgreSQL
 a page at a time, each page trimmed from the stream once written (idempotent by request_id: replicas
 starting together copy the same page twice and it lands once). The gateway runs it at startup, in the
-background, retrying while either database is down.
+background, retrying (every 1 s, doubling up to 30 s) while either database is down.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .store.base import LedgerRecord, Store, UsageRow
 from .store.redis import RedisStore
 
 log = logging.getLogger("quotagate.ledger")
-RETRY_SECONDS = 1.0  # between attempts of the stream copy while a database is down
+RETRY_SECONDS = (1.0, 30.0)  # the stream copy's wait after a failed page, doubling from the first to the second
 
 
 class LedgerReads(Protocol):
@@ -86,7 +86,7 @@ async def copy_stream(store: Store, sink: LedgerSink, *, page: int = 1000) -> in
     if not isinstance(store, RedisStore) or isinstance(sink, StoreLedger):
         return 0
     copied = 0
-    failing = False
+    wait = 0.0
     while True:
         try:
             entries = await store.ledger_page(page)
@@ -95,12 +95,12 @@ async def copy_stream(store: Store, sink: LedgerSink, *, page: int = 1000) -> in
             await sink.write_ledger([r for _, r in entries])
             await store.trim_ledger(entries[-1][0])
         except Exception as e:
-            if not failing:
+            if not wait:
                 log.warning("ledger: copying the Redis ledger stream into the `ledger:` database waits: %s", e)
-            failing = True
-            await asyncio.sleep(RETRY_SECONDS)
+            wait = min(wait * 2, RETRY_SECONDS[1]) if wait else RETRY_SECONDS[0]
+            await asyncio.sleep(wait)
             continue
-        failing = False
+        wait = 0.0
         copied += len(entries)
     if copied:
         log.warning("ledger: %d records of the Redis ledger stream copied into the `ledger:` database", copied)

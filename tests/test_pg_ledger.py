@@ -348,6 +348,28 @@ async def test_the_stream_is_copied_once_and_trimmed(pg: PostgresLedger, pg_url:
         await store.close()
 
 
+async def test_the_stream_copy_waits_for_the_database(own_pg: PostgresProcess, clean_redis: str) -> None:
+    url = own_pg.url()
+    store = RedisStore(clean_redis)
+    await store.open()
+    await store.write_ledger([rec(i) for i in range(300)])
+    own_pg.stop("immediate")
+    pg = PostgresLedger(url, timeout=0.3)
+    await pg.open()
+    assert pg.unavailable is not None and "ledger: PostgreSQL ledger at" in str(pg.unavailable)
+    try:
+        copying = asyncio.create_task(copy_stream(store, pg))
+        await asyncio.sleep(0.5)
+        assert not copying.done()
+        assert redis.Redis.from_url(clean_redis).xlen(LEDGER_KEY) == 300  # nothing trimmed before it is copied
+        await asyncio.to_thread(own_pg.start)
+        assert await asyncio.wait_for(copying, 10) == 300
+    finally:
+        await pg.close()
+        await store.close()
+    assert lost_and_duplicated(url, [f"r{i}" for i in range(300)]) == (0, 0)
+
+
 async def test_ledger_stream_max_len_caps_the_stream(clean_redis: str) -> None:
     client = redis.Redis.from_url(clean_redis)
     for cap, expect in ((None, (3000, 3000)), (200, (200, 300))):  # MAXLEN ~: a node (100 entries) at a time
