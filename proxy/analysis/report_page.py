@@ -161,7 +161,8 @@ def _burn_row(b: Burn) -> str:
         f'<span class="bar" aria-hidden="true"><span style="width:{width:.1f}%" '
         f'class="{"over" if b.fraction >= 0.9 else "ok"}"></span></span>'
     )
-    since = day_label(int(b.window_start // 86_400))
+    start = b.window_start  # a budget in another calendar than UTC's starts off UTC midnight: say when
+    since = day_label(int(start // 86_400)) if start % 86_400 == 0 else when(start)
     cells = [
         f"{escape(b.window)}<br><small>from {escape(since)}</small>",
         escape(_amount(b.limit, b.unit)),
