@@ -18,13 +18,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .settings_budget import BudgetSettings as BudgetSettings  # re-exported: every layer imports it from here
+from .settings_budget import Window as Window
 from .settings_raw import BUILTIN_PRICES as BUILTIN_PRICES  # re-exported: the CLI names the builtin table
 from .settings_raw import ConfigError as ConfigError  # re-exported: every caller catches it from here
 from .settings_raw import apply_price_table, interpolate, load_price_table, resolve_tokenizer_paths
 from .settings_tokenizer import TokenizerSettings
 from .tiers import RESERVED as RESERVED_TIERS
-
-Window = Literal["minute", "hour", "day", "week", "month"]
 
 
 class _Frozen(BaseModel):
@@ -149,34 +149,6 @@ class ModelSettings(_Frozen):
     price_version: str | None = None
     precount: PrecountSettings | None = None  # for protocols counted without the model's tokenizer
     tokenizer: TokenizerSettings | None = None  # a self-hosted model's own (chat, completions, embeddings)
-
-
-class BudgetSettings(_Frozen):
-    window: Window
-    tokens: int | None = Field(default=None, gt=0)
-    usd: Decimal | None = Field(default=None, gt=0)
-    warn_at: float | None = Field(default=None, gt=0, lt=1)
-    downgrade_to: str | None = None
-
-    @model_validator(mode="after")
-    def _one_unit(self) -> BudgetSettings:
-        if (self.tokens is None) == (self.usd is None):
-            raise ValueError("give exactly one of `tokens` or `usd`")
-        if self.downgrade_to is not None and self.warn_at is None:
-            raise ValueError("`downgrade_to` needs `warn_at` (the used fraction past which to downgrade)")
-        return self
-
-    @property
-    def unit(self) -> Literal["tokens", "usd"]:
-        return "tokens" if self.tokens is not None else "usd"
-
-    @property
-    def limit(self) -> int:
-        """Tokens, or micro-USD."""
-        if self.tokens is not None:
-            return self.tokens
-        assert self.usd is not None
-        return int(self.usd * 1_000_000)
 
 
 class RateLimitSettings(_Frozen):

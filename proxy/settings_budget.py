@@ -1,0 +1,74 @@
+"""A budget: a limit in tokens or USD over a calendar window, and the calendar it follows.
+
+Windows align to the calendar of ``timezone`` (an IANA name; default UTC): a day starts at local midnight, so
+a day across a DST change lasts 23 or 25 hours. ``week`` windows start on ``week_start`` (default Monday),
+``quarter`` windows on the first of ``quarter_start_month`` and every third month after it (a fiscal year
+starting in April: 4). Re-exported by proxy/settings.py.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Window = Literal["minute", "hour", "day", "week", "month", "quarter"]
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+WEEKDAYS: tuple[Weekday, ...] = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+class BudgetSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window: Window
+    tokens: int | None = Field(default=None, gt=0)
+    usd: Decimal | None = Field(default=None, gt=0)
+    warn_at: float | None = Field(default=None, gt=0, lt=1)
+    downgrade_to: str | None = None
+    timezone: str | None = None  # IANA name; None: UTC
+    week_start: Weekday = "monday"
+    quarter_start_month: int = Field(default=1, ge=1, le=12)
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> BudgetSettings:
+        if (self.tokens is None) == (self.usd is None):
+            raise ValueError("give exactly one of `tokens` or `usd`")
+        if self.downgrade_to is not None and self.warn_at is None:
+            raise ValueError("`downgrade_to` needs `warn_at` (the used fraction past which to downgrade)")
+        if self.timezone is not None:
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"unknown timezone {self.timezone!r}: give an IANA name such as Europe/Paris or America/New_York"
+                ) from None
+        if self.week_start != "monday" and self.window != "week":
+            raise ValueError("`week_start` applies to `window: week` only")
+        if self.quarter_start_month != 1 and self.window != "quarter":
+            raise ValueError("`quarter_start_month` applies to `window: quarter` only")
+        return self
+
+    @property
+    def unit(self) -> Literal["tokens", "usd"]:
+        return "tokens" if self.tokens is not None else "usd"
+
+    @property
+    def limit(self) -> int:
+        """Tokens, or micro-USD."""
+        if self.tokens is not None:
+            return self.tokens
+        assert self.usd is not None
+        return int(self.usd * 1_000_000)
+
+    @property
+    def calendar(self) -> str:
+        """What the counter's name adds for a calendar other than UTC's with Monday weeks and January
+        quarters (``@Europe/Paris``, ``/sunday``, ``/q4``): another calendar, another counter."""
+        out = f"@{self.timezone}" if self.timezone not in (None, "UTC") else ""
+        if self.window == "week" and self.week_start != "monday":
+            out += f"/{self.week_start}"
+        if self.window == "quarter" and self.quarter_start_month != 1:
+            out += f"/q{self.quarter_start_month}"
+        return out
