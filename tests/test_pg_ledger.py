@@ -27,6 +27,7 @@ from proxy.analysis.db import LedgerDB, day_bucket
 from proxy.errors import StoreUnavailable
 from proxy.ledger import Ledger, error_cause
 from proxy.ledger_sink import StoreLedger, copy_stream, ledger_sink
+from proxy.precount import Precount
 from proxy.settings import ConfigError, parse
 from proxy.store import open_store
 from proxy.store.base import LedgerRecord
@@ -233,6 +234,15 @@ async def test_day_bucket_in_both_dialects(pg: PostgresLedger) -> None:
 
 def _fields(r: LedgerRecord) -> dict[str, Any]:
     return {c: getattr(r, c) for c in COLUMNS}
+
+
+async def test_precount_relearns_from_postgresql(pg: PostgresLedger) -> None:
+    settings = parse(base_config("http://127.0.0.1:9", "memory://"), env={})
+    now = time.time()
+    rows = [LedgerRecord(**{**_fields(rec(i)), "ts": now - i, "input_tokens": 12}) for i in range(30)]
+    await pg.write_ledger(rows)
+    assert await Precount(settings).load(pg, frozenset({"chat"})) == 30
+    assert await Precount(settings).load(pg, frozenset({"embeddings"})) == 0
 
 
 # database down: the ledger's queue, retry and spill, unchanged
@@ -453,17 +463,25 @@ def test_gateway_on_redis_writes_its_ledger_to_postgresql(pg_url: str, clean_red
         usage = httpx.get(gw.url + "/admin/usage", headers={"authorization": "Bearer admin-secret"}).json()
         t1 = next(t for t in usage["teams"] if t["team"] == "t1")
         assert sum(u["requests"] for u in t1["usage"]) == 12
-        out = subprocess.run(
-            [sys.executable, "-m", "proxy", "usage", "--config", str(tmp_path / "quotagate.yaml"), "--since", "1000w",
-             "--by", "team", "--format", "json"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
-        ).stdout  # fmt: skip
-        by_team = {r["team"]: r["requests"] for r in json.loads(out)}
+        config = str(tmp_path / "quotagate.yaml")
+        teams = run_cli("usage", "--since", "1000w", "--by", "team", config=config)
+        by_team = {r["team"]: r["requests"] for r in teams}
         assert by_team == {"t1": 12, "search": 1200}
+        keys = {k["name"]: k["last_used_at"] for k in run_cli("keys", "list", config=config)}
+        assert keys["k1"] is not None and keys["k2"] is None  # last use, from PostgreSQL
     finally:
         client.close()
         gw.kill()
         mock.kill()
+
+
+def run_cli(*args: str, config: str) -> Any:
+    res = subprocess.run(
+        [sys.executable, "-m", "proxy", *args, "--config", config, "--format", "json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
 
 
 async def _fill_stream(url: str, records: list[LedgerRecord]) -> None:
