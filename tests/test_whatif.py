@@ -143,6 +143,16 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "trimmer" in text and "day usd 2026-03-02 (2d)" in text and "output that a trim" in text
 
 
+def test_proposed_prices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    asyncio.run(write_sqlite(tmp_path / "l.db", history()))
+    cfg, pol = _files(tmp_path, {"models": {"gpt-4o-mini": {"price": {"input": 0.30, "output": 1.20}}}})
+    assert (
+        main(["whatif", "--config", cfg, "--policy", pol, "--since", "2026-03-01..2026-03-08", "--format", "json"]) == 0
+    )
+    same = next(t for t in orjson.loads(capsys.readouterr().out)["teams"] if t["team"] == "same")
+    assert same["would_cost_micro_usd"] == 2 * same["cost_micro_usd"]  # every rate of gpt-4o-mini doubled
+
+
 @pytest.mark.parametrize(
     ("policy", "message"),
     [

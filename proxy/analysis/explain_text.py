@@ -7,6 +7,7 @@ first day its daily value crossed the midpoint between the two periods' values (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -30,12 +31,13 @@ WHAT = {
 
 
 def money(micro: int) -> str:
+    """``$1,236`` from $100 on, ``$4.12`` from $1, two significant digits below (``$0.0059``)."""
     d = micro / 1_000_000
     if abs(d) >= 100:
         return f"${d:,.0f}"
-    if abs(d) >= 0.01 or d == 0:
+    if abs(d) >= 1 or d == 0:
         return f"${d:,.2f}"
-    return f"${d:.6f}".rstrip("0")
+    return f"${d:.{max(2, 1 - math.floor(math.log10(abs(d))))}f}"
 
 
 def shown(driver: str, v: float) -> str:
@@ -51,6 +53,8 @@ def _spend(b: int, p: int) -> str:
 
 
 def _requests(b: int, p: int) -> str:
+    if b == p == 0:
+        return "there were no requests"
     if b == 0:
         return f"requests went from none to {p:,}"
     pct = (p - b) / b
@@ -77,6 +81,8 @@ async def _movement(
     if vb is None or vp is None or vb == vp:
         return ""
     text = f", which {'rose' if vp > vb else 'fell'} from {shown(driver, vb)} to {shown(driver, vp)}"
+    if driver == "requests":  # a day's requests are compared with each period's requests per day
+        vb, vp = vb * 86_400 / baseline.seconds, vp * 86_400 / period.seconds
     early, late = (baseline, period) if baseline.start <= period.start else (period, baseline)
     v0, v1 = (vb, vp) if early is baseline else (vp, vb)
     days = await daily(db, early.start, late.end, team, model)
