@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -254,3 +255,34 @@ def test_a_bad_period_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         main(["explain", "--config", cfg, "--period", "last week", "--baseline", "14d..7d"])
     assert exc.value.code == 2
     assert "--period: 'last week' is not a period: give START..END" in capsys.readouterr().err
+
+
+def test_the_command_reads_the_postgresql_ledger(
+    postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ledger: postgresql://...`` in the config: the commands read it (the store's SQLite file is not there)."""
+    from proxy.store.pg_ledger import PostgresLedger
+
+    async def fill() -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as con:
+            con.execute("DROP TABLE IF EXISTS ledger, ledger_schema_version")
+        db = PostgresLedger(postgres_url)
+        await db.open()
+        await db.write_ledger(history_grows())
+        await db.close()
+
+    asyncio.run(fill())
+    cfg = _config(tmp_path, f"sqlite:///{tmp_path / 'absent.db'}")
+    cfg.write_text(cfg.read_text()[:-1] + f', "ledger": "{postgres_url}"}}')
+    args = [
+        "explain",
+        "--config",
+        str(cfg),
+        "--period",
+        "2026-03-04..2026-03-11",
+        "--baseline",
+        "2026-02-25..2026-03-04",
+    ]
+    assert main([*args, "--format", "json"]) == 0
+    doc = orjson.loads(capsys.readouterr().out)
+    assert doc["period"]["requests"] == 140 and "history tokens per request in team assistant" in doc["sentence"]
