@@ -14,7 +14,10 @@ input split in the proportions of quotagate's counted parts), ``output`` (output
 ``cache`` (the cache hit and write share, through the blended reference input rate), ``model_mix`` (the
 cell's share of its team's requests), ``price`` (what was charged over the cost at the reference prices:
 a change of price version, long-context tiers, rounding). Reference prices are the given ``prices`` (the
-current config's), else generic weights (input 1, cache read 0.5, output 4).
+current config's, by model name), else the shipped price table's (``builtin_prices``), else for a model in
+neither generic weights (input 1, cache read 0.5, output 4). The reference only weighs input against
+output and cache within a cell (it is the same in both periods); the effects add up to the change whatever
+it is.
 
 Money is integer micro-USD throughout; the effects are rounded to micro-USD and the residue of that
 rounding (a few micro-USD) is put on the largest effect, so that they sum to the change exactly. Only
@@ -25,11 +28,16 @@ the date the sentence names).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from ..pricing import Price
+from ..pricing import Price, price_of
+from ..settings import ModelSettings
+from ..settings_raw import apply_price_table, load_price_table
+from ..units import rfc3339
 from ..values import value
 from . import lmdi, sql
 from .db import LedgerDB
@@ -122,7 +130,7 @@ class Explanation:
         ``change_usd``), and as integers in ``*_micro_usd``."""
 
         def side(p: Period, cost: int, requests: int) -> dict[str, Any]:
-            return {"start": p.start, "end": p.end, "cost_usd": dollars(cost), "cost_micro_usd": cost,
+            return {"start": rfc3339(p.start), "end": rfc3339(p.end), "cost_usd": dollars(cost), "cost_micro_usd": cost,
                     "requests": requests}  # fmt: skip
 
         return {
@@ -160,6 +168,21 @@ async def daily(db: LedgerDB, start: float, end: float, team: str, model: str | 
     day = sql.day_floor(db.dialect, "ts")
     rows = await db.fetch(f"SELECT {day}, {sql.SUMS} FROM ledger {clause} GROUP BY {day} ORDER BY {day}", params)
     return [(int(r[0]), Sums.of(sql.ints(r[1:]))) for r in rows]
+
+
+@functools.cache
+def builtin_prices() -> dict[str, Price]:
+    """The shipped price table's price of each model it lists (the reference when none is given)."""
+    table, version = load_price_table("builtin", Path("."))
+    raw: dict[str, Any] = {"models": {name: {"provider": "-"} for name in table}}
+    apply_price_table(raw, table, version)  # as a config naming the model gets it
+    out: dict[str, Price] = {}
+    for name, entry in raw["models"].items():
+        try:
+            out[name] = price_of(ModelSettings.model_validate(entry))
+        except ValueError:  # an entry without a price: the generic weights for that model
+            continue
+    return out
 
 
 def reference(price: Price | None) -> tuple[int, int, int, int, int]:
@@ -201,7 +224,7 @@ def all_factors(
 ) -> dict[tuple[str, str], lmdi.Factors]:
     teams = by_team(cs)
     return {
-        cell: factors(s, teams[cell[0]].requests, reference((prices or {}).get(cell[1])))
+        cell: factors(s, teams[cell[0]].requests, reference((prices or builtin_prices()).get(cell[1])))
         for cell, s in cs.items()
         if s.requests
     }

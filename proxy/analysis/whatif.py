@@ -43,7 +43,8 @@ LIMITS = (
     f"a trim is modelled from the recorded parts: history as {HISTORY_TURNS} equal turns, dropped oldest first;",
     "budgets start empty at the start of the period; key budgets, rate limits and concurrency are not replayed;",
     "a downgraded request is assumed to use the same tokens on the cheaper model;",
-    "requests refused or failed at the time (not charged) are counted, not replayed.",
+    "requests refused or failed at the time (not charged) are counted, not replayed;",
+    "a request trimmed at the time is replayed as it was sent (the turns dropped then are not recorded).",
 )
 _ENDPOINTS = {e.name: e for e in ENDPOINTS.values()}
 _COLUMNS = (
