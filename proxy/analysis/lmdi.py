@@ -64,8 +64,8 @@ _ORDER = ("requests", "model_mix", *PARTS, "output", "cache", "price")
 
 
 def log_mean(a: float, b: float) -> float:
-    if a == b:
-        return a
+    if abs(a - b) <= 1e-12 * max(a, b):  # equal, or too close for the logarithms to tell apart
+        return (a + b) / 2
     return (a - b) / (math.log(a) - math.log(b))
 
 
