@@ -286,3 +286,11 @@ def test_the_command_reads_the_postgresql_ledger(
     assert main([*args, "--format", "json"]) == 0
     doc = orjson.loads(capsys.readouterr().out)
     assert doc["period"]["requests"] == 140 and "history tokens per request in team assistant" in doc["sentence"]
+
+
+def test_a_missing_ledger_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = str(_config(tmp_path, f"sqlite:///{tmp_path / 'nowhere.db'}"))
+    with pytest.raises(SystemExit) as exc:
+        main(["reprice", "--config", cfg, "--prices", str(Path(__file__).parent.parent / "proxy/data/prices.yaml")])
+    assert exc.value.code == 1
+    assert f"no ledger at {tmp_path / 'nowhere.db'}" in capsys.readouterr().err
