@@ -22,9 +22,11 @@ import httpx
 import psycopg
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from proxy.analysis.db import LedgerDB, day_bucket
 from proxy.errors import StoreUnavailable
+from proxy.gateway import build_gateway
 from proxy.ledger import Ledger, error_cause
 from proxy.ledger_sink import StoreLedger, copy_stream, ledger_sink
 from proxy.precount import Precount
@@ -404,6 +406,9 @@ def test_the_sink_follows_the_settings(clean_redis: str) -> None:
     assert isinstance(ledger_sink(fleet, store), PostgresLedger)
     capped = parse(base_config("http://127.0.0.1:9", clean_redis, ledger_stream_max_len=5), env={})
     assert capped.ledger_stream_max_len == 5
+    gw = build_gateway(capped, registry=CollectorRegistry())
+    assert isinstance(gw.store, RedisStore) and gw.store._ledger_max_len == 5
+    assert isinstance(gw.sink, StoreLedger)
     with pytest.raises(ConfigError, match="ledger_stream_max_len"):
         parse(base_config("http://127.0.0.1:9", clean_redis, ledger_stream_max_len=0), env={})
 
