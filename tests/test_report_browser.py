@@ -100,7 +100,7 @@ def write_ledger(path: Path, records: list[LedgerRecord]) -> None:
     asyncio.run(write_sqlite(path, records))
 
 
-def demo_config(tmp: Path, db: Path) -> Path:
+def demo_config(tmp: Path, db: Path, **teams: dict[str, Any]) -> Path:
     cfg: dict[str, Any] = {
         "store": f"sqlite:///{db}",
         "providers": {"openai": {"base_url": "https://api.openai.com/v1", "api_key": "sk-unused"}},
@@ -113,6 +113,7 @@ def demo_config(tmp: Path, db: Path) -> Path:
             "assistant": {"budgets": [{"window": "day", "usd": 40}, {"window": "month", "usd": 120}]},
             "search": {"budgets": [{"window": "month", "tokens": 200_000_000}]},
             "batch-jobs": {"budgets": [{"window": "day", "tokens": 20_000_000}]},
+            **teams,
         },
         "keys": [
             {"team": "search", "name": "search-api", "key": "sk-search", "budgets": [{"window": "day", "usd": 0.05}]}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from proxy.analysis.db_sqlite import SqliteLedgerDB
-from proxy.analysis.report_burn import project
+from proxy.analysis.report_burn import Burn, budget_burn, project
 from proxy.analysis.report_charts import bucket_label
 from proxy.analysis.report_data import EDGES, CostBucket, bucket, cost_histogram, spend_by_day, spent_since
 from proxy.analysis.report_format import (
@@ -28,6 +28,7 @@ from proxy.analysis.report_format import (
 )
 from proxy.analysis.report_svg import Chart, Series, data_table, legend, stacked_bars
 from proxy.cli import main
+from proxy.settings import load
 from proxy.store.base import LedgerRecord
 from tests.test_report_browser import DAY, demo_config, write_ledger
 
@@ -218,3 +219,23 @@ def test_a_bad_period_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFix
         main(["report", "--since", "2026-01-01..2026-01-08", "--out", str(tmp_path / "y.html"), "--config", cfg]) == 0
     )
     assert "2026-01-01 00:00 UTC</strong> to <strong>2026-01-08 00:00 UTC" in (tmp_path / "y.html").read_text()
+
+
+def test_a_budget_in_its_own_calendar_burns_from_its_local_midnight(tmp_path: Path) -> None:
+    paris_midnight = NOW - 17 * 3600  # NOW is 17:00 in Paris (UTC+1): its day began at 23:00 UTC
+    rows = [record(1, NOW - 3600, "paris", 300_000), record(2, paris_midnight - 1800, "paris", 900_000)]
+    write_ledger(tmp_path / "l.db", rows)
+    paris_day = {"budgets": [{"window": "day", "usd": 1, "timezone": "Europe/Paris"}]}
+    settings = load(demo_config(tmp_path, tmp_path / "l.db", paris=paris_day))
+
+    async def go() -> list[Burn]:
+        db = SqliteLedgerDB(tmp_path / "l.db")
+        try:
+            return await budget_burn(db, settings, NOW)
+        finally:
+            await db.close()
+
+    (paris,) = [b for b in asyncio.run(go()) if b.team == "paris"]
+    assert (paris.window, paris.window_start, paris.spent) == ("day@Europe/Paris", paris_midnight, 300_000)
+    assert paris.daily_rate == pytest.approx(300_000 * 24 / 17)
+    assert paris.exhausts_at is None  # 700K more at that rate takes 40 hours: the day ends in 7

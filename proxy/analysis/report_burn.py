@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..limits import window_bounds
+from ..limits import budget_bounds
 from ..settings import BudgetSettings, Settings
 from ..values import value
 from .db import LedgerDB
@@ -25,7 +25,7 @@ class Burn:
     scope: Literal["team", "key"]
     team: str
     key_name: str | None
-    window: str
+    window: str  # the budget's window and its calendar when not UTC's: ``day``, ``day@Europe/Paris``
     unit: Literal["tokens", "usd"]
     limit: int  # tokens, or micro-USD
     spent: int
@@ -64,7 +64,7 @@ async def budget_burn(db: LedgerDB, settings: Settings, now: float) -> list[Burn
     cache: dict[tuple[float, bool], dict[tuple[str, str], tuple[int, int]]] = {}
     out: list[Burn] = []
     for scope, team, key_name, b in wanted:
-        _, start, end = window_bounds(b.window, now)
+        _, start, end = budget_bounds(b, now)
         by_key = key_name is not None
         if (start, by_key) not in cache:  # one query per window start (today, this month...) and scope
             cache[start, by_key] = await spent_since(db, start, now + 1, by_key=by_key)
@@ -72,5 +72,6 @@ async def budget_burn(db: LedgerDB, settings: Settings, now: float) -> list[Burn
         spent = cost if b.unit == "usd" else tokens
         at = project(spent, b.limit, start, end, now)
         rate = spent * DAY / max(now - start, MIN_ELAPSED_S)
-        out.append(Burn(scope, team, key_name, b.window, b.unit, b.limit, spent, start, end, at, rate))
+        window = f"{b.window}{b.calendar}"  # day, day@Europe/Paris, week/sunday, quarter/q4
+        out.append(Burn(scope, team, key_name, window, b.unit, b.limit, spent, start, end, at, rate))
     return out

@@ -151,7 +151,7 @@ def _exhaustion(b: Burn) -> str:
         return "exhausted"
     if b.exhausts_at is None:
         return "not before the window resets"
-    return when(b.exhausts_at) if b.window == "day" else date(b.exhausts_at)
+    return date(b.exhausts_at) if b.window.startswith(("week", "month", "quarter")) else when(b.exhausts_at)
 
 
 def _burn_row(b: Burn) -> str:
