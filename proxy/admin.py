@@ -186,7 +186,7 @@ class _Routes:
         budgets = self.svc.budgets
         return {
             "team": team,
-            "budgets": [b.model_dump(mode="json", exclude_none=True) for b in budgets.team_budgets(team)],
+            "budgets": [b.model_dump(mode="json", exclude_defaults=True) for b in budgets.team_budgets(team)],
             "status": [b.to_json() for b in await budgets.budget_status(team)],
         }
 

@@ -19,6 +19,7 @@ from .auth import KeyRing, Principal, key_from_headers
 from .count import Counter, Estimate
 from .errors import BudgetExceeded, ProxyError
 from .ids import ids
+from .limits import Subject
 from .parse import Endpoint, ParsedRequest, with_model
 from .precount import Precount
 from .pricing import Price, price_of
@@ -100,6 +101,7 @@ class Admitter:
                 await self.objects.check_references(who.team, req)
             team = self._s.teams.get(who.team)
             policy.check_mode(req.model, policy.check_model(self._s, team, req.model), endpoint)
+            policy.check_tags(who.team, team, tags)
         except ProxyError as err:
             known = Admission(
                 rid,
@@ -185,19 +187,12 @@ class Admitter:
             )
             seed = _seed(req.body.get("seed"))
             meta = LeaseMeta(
-                arrival.request_id,
-                arrival.ts,
-                who.team,
-                who.key_name,
-                name,
-                model.provider,
-                endpoint.name,
-                req.stream,
-                est.tokens,
-                worst_tokens,
-                worst_usd,
+                arrival.request_id, arrival.ts, who.team, who.key_name, name, model.provider, endpoint.name,
+                req.stream, est.tokens, worst_tokens, worst_usd,
+            )  # fmt: skip
+            res = await self._accountant.reserve(
+                who.team, who.digest, name, worst_tokens, worst_usd, meta, _subject(arrival, req, name)
             )
-            res = await self._accountant.reserve(who.team, who.digest, name, worst_tokens, worst_usd, meta)
         except ProxyError as err:
             raise Refused(
                 err, _admission(arrival, who, req, model, est, trimmed, seed, price, None, sent_cap)
@@ -260,6 +255,11 @@ class Admitter:
             return est, None
         req.set(req.endpoint.prompt_field, kept)
         return protocol.count_messages(counter, req, kept, model=upstream, encoding=enc), trimmed
+
+
+def _subject(arrival: Admission, req: ParsedRequest, model: str) -> Subject:
+    """Who and what the request is for, for the end-user, tag and model limits of its team."""
+    return Subject(req.endpoint.protocol.end_user(req), tuple(arrival.tags.split(",")) if arrival.tags else (), model)
 
 
 def _output_cap(

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .limits import Limit, Unit, limits_for
+from .limits import Limit, Subject, Unit, limits_for, subject_limits
 from .settings import BudgetSettings, KeySettings, RateLimitSettings, Settings, Window
 from .store.base import CounterValue, Store
 from .units import rfc3339, usd
@@ -40,7 +40,7 @@ class BudgetStatus:
     """One budget in its current window. ``limit``, ``used``, ``reserved`` and ``remaining`` are in the
     budget's unit (tokens, or integer micro-USD); the ``*_usd`` dollars exist for ``usd`` budgets only."""
 
-    scope: str  # "team" | "key"
+    scope: str  # org | team | key | end_user | tag | model
     window: Window | None
     unit: Unit
     limit: int
@@ -135,19 +135,23 @@ class BudgetsInForce:
         return True
 
     async def set_override(self, team: str, budgets: Sequence[BudgetSettings]) -> None:
-        await self._store.set_override(team, [b.model_dump(mode="json", exclude_none=True) for b in budgets])
+        await self._store.set_override(team, [b.model_dump(mode="json", exclude_defaults=True) for b in budgets])
         self._overrides[team] = tuple(budgets)
         self._limits_minute = -1  # rebuild the limits with the new budgets
 
-    def limits(self, team: str, key_digest: str, now: float) -> list[Limit]:
-        """The limits in force; every window boundary is a minute boundary, so they are built once a minute."""
+    def limits(self, team: str, key_digest: str, now: float, subject: Subject | None = None) -> list[Limit]:
+        """The limits in force: the org's, the team's and the key's (built once a minute: every window boundary
+        is a minute boundary), then those of the request's ``subject`` (end user, tags, model)."""
         minute = int(now // 60)
         if minute != self._limits_minute:
             self._limits_minute, self._limits_cache = minute, {}
         hit = self._limits_cache.get((team, key_digest))
         if hit is None:
             hit = self._limits_cache[(team, key_digest)] = self._build_limits(team, key_digest, now)
-        return hit
+        t = self._s.teams.get(team)
+        if subject is None or t is None or not (t.end_user_budgets or t.end_users or t.tags.budgets or t.model_limits):
+            return hit
+        return hit + subject_limits(team, t, subject, now)
 
     def budgeted(self, team: str, key_digest: str) -> bool:
         """A budget (of the team, runtime overrides included, or of the key) applies to its requests."""
@@ -164,6 +168,7 @@ class BudgetsInForce:
             k.budgets if k is not None else (),
             k.rate_limits if k is not None else _NO_RATES,
             now,
+            self._s.org if self._s.org.budgets or self._s.org.rate_limits != _NO_RATES else None,
         )
 
     async def budget_samples(self) -> list[BudgetSample]:

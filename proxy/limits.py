@@ -11,23 +11,30 @@ names its ``timezone``)::
     {team}:t:tpm:2026-11-24T10:31          tokens this minute
     {team}:t:rpm:2026-11-24T10:31          requests this minute
     {team}:t:conc                          requests in flight (released, never committed)
+    {qg-org}:o:b:month:usd:2026-11         the org's budget: one counter for every team
+    {team}:u:<sha16>:b:day:tokens:...      an end user's (sha256 of the name), {team}:g:<tag>:... a tag's,
+    {team}:m:<model>:tpm:...               a model's within the team
 
 A new window is a new key, so rollover needs no reset job; counters expire a day after their window.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from .settings import BudgetSettings, RateLimitSettings, Window
+from .settings import BudgetSettings, Level, RateLimitSettings, TeamSettings, Window
 from .settings_budget import WEEKDAYS
 from .store.base import Hold, hash_tag
 from .values import value
 
 Unit = Literal["tokens", "usd", "requests", "concurrent"]
+Scope = Literal["org", "team", "key", "end_user", "tag", "model"]
+ORG_PREFIX = "{qg-org}:o"  # one counter for every team: its own hash tag (one Redis Cluster slot)
+_NO_RATES = RateLimitSettings()
 _RETAIN = 86_400.0
 
 
@@ -81,8 +88,9 @@ class Limit:
     unit: Unit
     window: Window | None
     window_end: float
-    scope: str  # "team" | "key"
+    scope: Scope
     budget: BudgetSettings | None = None
+    entity: str = ""  # the end user, tag or model of an end_user, tag or model limit; the team's name
 
     def hold(self, amount: int) -> Hold:
         expires = 0.0 if self.window is None else self.window_end + _RETAIN
@@ -100,26 +108,60 @@ def limits_for(
     key_budgets: Sequence[BudgetSettings],
     key_rates: RateLimitSettings,
     now: float,
+    org: Level | None = None,
+) -> list[Limit]:
+    """The limits of the org (when it has any), the team and the key."""
+    out = _level(ORG_PREFIX, "org", "", org.budgets, org.rate_limits, now) if org is not None else []
+    out += _level(f"{tag(team)}:t", "team", team, team_budgets, team_rates, now)
+    out += _level(f"{tag(team)}:k:{key_digest[:16]}", "key", "", key_budgets, key_rates, now)
+    return out
+
+
+@value
+class Subject:
+    """Who and what a request is for within its team, as the client says (proxy/attribution.py)."""
+
+    end_user: str | None = None
+    tags: tuple[str, ...] = ()
+    model: str = ""
+
+
+def subject_limits(team: str, t: TeamSettings, subject: Subject, now: float) -> list[Limit]:
+    """The limits of the request's end user (their own, else the team's default for any end user), of each of
+    its tags that has a budget, and of its model within the team."""
+    out: list[Limit] = []
+    if subject.end_user is not None:
+        level = t.end_users.get(subject.end_user)
+        budgets, rates = (level.budgets, level.rate_limits) if level else (t.end_user_budgets, _NO_RATES)
+        if budgets or rates != _NO_RATES:
+            user = hashlib.sha256(subject.end_user.encode()).hexdigest()[:16]
+            out += _level(f"{tag(team)}:u:{user}", "end_user", subject.end_user, budgets, rates, now)
+    for name in subject.tags:
+        budgets = t.tags.budgets.get(name, ())
+        if budgets:
+            out += _level(f"{tag(team)}:g:{name}", "tag", name, budgets, _NO_RATES, now)
+    model = t.model_limits.get(subject.model)
+    if model is not None:
+        out += _level(f"{tag(team)}:m:{subject.model}", "model", subject.model, model.budgets, model.rate_limits, now)
+    return out
+
+
+def _level(
+    prefix: str, scope: Scope, entity: str, budgets: Sequence[BudgetSettings], rates: RateLimitSettings, now: float
 ) -> list[Limit]:
     out: list[Limit] = []
-    team_prefix = f"{tag(team)}:t"
-    key_prefix = f"{tag(team)}:k:{key_digest[:16]}"
-    for prefix, scope, budgets, rates in (
-        (team_prefix, "team", team_budgets, team_rates),
-        (key_prefix, "key", key_budgets, key_rates),
-    ):
-        for b in budgets:
-            wid, _, end = budget_bounds(b, now)
-            key = f"{prefix}:b:{b.window}{b.calendar}:{b.unit}:{wid}"
-            out.append(Limit(key, b.limit, b.unit, b.window, end, scope, b))
-        if rates.tpm or rates.rpm:
-            wid, _, end = window_bounds("minute", now)
-            if rates.tpm:
-                out.append(Limit(f"{prefix}:tpm:{wid}", rates.tpm, "tokens", "minute", end, scope))
-            if rates.rpm:
-                out.append(Limit(f"{prefix}:rpm:{wid}", rates.rpm, "requests", "minute", end, scope))
-        if rates.concurrent:
-            out.append(Limit(f"{prefix}:conc", rates.concurrent, "concurrent", None, 0.0, scope))
+    for b in budgets:
+        wid, _, end = budget_bounds(b, now)
+        key = f"{prefix}:b:{b.window}{b.calendar}:{b.unit}:{wid}"
+        out.append(Limit(key, b.limit, b.unit, b.window, end, scope, b, entity))
+    if rates.tpm or rates.rpm:
+        wid, _, end = window_bounds("minute", now)
+        if rates.tpm:
+            out.append(Limit(f"{prefix}:tpm:{wid}", rates.tpm, "tokens", "minute", end, scope, None, entity))
+        if rates.rpm:
+            out.append(Limit(f"{prefix}:rpm:{wid}", rates.rpm, "requests", "minute", end, scope, None, entity))
+    if rates.concurrent:
+        out.append(Limit(f"{prefix}:conc", rates.concurrent, "concurrent", None, 0.0, scope, None, entity))
     return out
 
 

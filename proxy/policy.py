@@ -38,6 +38,21 @@ def check_model(settings: Settings, team: TeamSettings | None, model: str) -> Mo
     return m
 
 
+def check_tags(team_name: str, team: TeamSettings | None, tags: str | None) -> None:
+    """A team with an allow-list of tags refuses any other tag (else a client could escape a tag budget by
+    naming a tag of its own): 400 naming the tag and what is allowed."""
+    allowed = team.tags.allowed if team is not None else None
+    if allowed is None or tags is None:
+        return
+    stray = [t for t in tags.split(",") if t not in allowed]
+    if stray:
+        raise InvalidRequest(
+            f"The tag '{stray[0]}' (x-quotagate-tags) is not allowed for team '{team_name}'; allowed: "
+            f"{', '.join(allowed) or 'none'} (quotagate: teams.{team_name}.tags.allowed).",
+            code="tag_not_allowed",
+        )
+
+
 def check_mode(name: str, model: ModelSettings, endpoint: Endpoint) -> None:
     """A model declared (or known from the price table) to serve other endpoints: 400 naming both."""
     if model.mode is None or endpoint.name in MODE_ENDPOINTS[model.mode]:

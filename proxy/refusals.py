@@ -42,7 +42,7 @@ def _budget_refusal(team: str, lim: Limit, d: Denied, now: float) -> ProxyError:
 
     return BudgetExceeded(
         "You exceeded your current quota, please check your plan and billing details. "
-        f"The {lim.scope} budget of team '{team}' for this {lim.window} ({what}) cannot cover this "
+        f"{_whose(lim, team)} for this {lim.window} ({what}) cannot cover this "
         f"request: used {amount(d.used)}, held by requests in flight {amount(d.reserved)}, this request "
         f"needs up to {amount(d.hold.amount)}. The budget renews in {go_duration(wait)}.",
         headers=_retry_after(wait),
@@ -50,10 +50,30 @@ def _budget_refusal(team: str, lim: Limit, d: Denied, now: float) -> ProxyError:
     )
 
 
+def _whose(lim: Limit, team: str) -> str:
+    """Whose budget it is, as a refusal names it: the level and the entity (``The budget of end user 'u-1' in
+    team 'search'``)."""
+    if lim.scope == "org":
+        return "The organisation's budget"
+    if lim.scope in ("team", "key"):
+        return f"The {lim.scope} budget of team '{team}'"
+    return f"The budget of {_LEVEL[lim.scope]} '{lim.entity}' in team '{team}'"
+
+
+_LEVEL = {"end_user": "end user", "tag": "tag", "model": "model"}
+
+
 def _rate_refusal(team: str, model: str, lims: Sequence[Limit], lim: Limit, d: Denied, now: float) -> ProxyError:
     # OpenAI's wording ("Rate limit reached for M in organization O on ..."), the team in place of the
     # organization, so that clients matching on it (LiteLLM: "rate limit") recognise a rate limit.
-    who = f"team '{team}'" if lim.scope == "team" else f"team '{team}' (this key's own limit)"
+    if lim.scope == "team":
+        who = f"team '{team}'"
+    elif lim.scope == "key":
+        who = f"team '{team}' (this key's own limit)"
+    elif lim.scope == "org":
+        who = "the organisation"
+    else:
+        who = f"team '{team}' (the limit of {_LEVEL[lim.scope]} '{lim.entity}')"
     if lim.unit == "concurrent":
         return RateLimited(
             f"Rate limit reached for {model} in {who} on concurrent requests: Limit {lim.limit}, "
@@ -108,9 +128,10 @@ def refusal_limit(lim: Limit, d: Denied) -> str:
     def h(v: int) -> str:
         return human_amount(v, lim.unit)
 
+    scope = f"{lim.scope} {lim.entity}" if lim.scope in _LEVEL else lim.scope
     if lim.unit == "concurrent":
-        return f"concurrent {lim.scope} {d.reserved}/{lim.limit} in flight"
-    what = f"budget {lim.scope} {lim.window} {lim.unit}" if lim.budget is not None else f"{lim.scope} "
+        return f"concurrent {scope} {d.reserved}/{lim.limit} in flight"
+    what = f"budget {scope} {lim.window} {lim.unit}" if lim.budget is not None else f"{scope} "
     if lim.budget is None:
         what += "tpm" if lim.unit == "tokens" else "rpm"
     return f"{what} used {h(d.used)}/{h(lim.limit)} held {h(d.reserved)} asked {h(d.hold.amount)}"

@@ -27,7 +27,7 @@ from typing import Any
 from .budgets import BudgetsInForce
 from .errors import StoreUnavailable
 from .ids import ids
-from .limits import Limit, charges, holds, tag
+from .limits import Limit, Subject, charges, holds, tag
 from .refusals import denial, rate_limit_headers
 from .settings import BudgetSettings, Settings
 from .store.base import Admitted, Denied, Lease, Store
@@ -128,12 +128,14 @@ class Reservations:
         worst_tokens: int,
         worst_micro_usd: int,
         meta: LeaseMeta | Mapping[str, Any],
+        subject: Subject | None = None,
     ) -> Reservation | None:
-        """Hold the worst case on every limit in force, all or nothing; None when no limit applies.
+        """Hold the worst case on every limit in force (the request's ``subject`` included: its end user,
+        tags and model), all or nothing; None when no limit applies.
 
         Raises the refusal (BudgetExceeded, RateLimited) or, ``on_store_error: closed``, StoreUnavailable."""
         now = self._clock()
-        lims = self._budgets.limits(team, key_digest, now)
+        lims = self._budgets.limits(team, key_digest, now, subject)
         if not lims:
             return None
         body = meta.to_json() if isinstance(meta, LeaseMeta) else meta

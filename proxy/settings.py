@@ -19,6 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .settings_budget import BudgetSettings as BudgetSettings  # re-exported: every layer imports it from here
+from .settings_budget import Level as Level
+from .settings_budget import RateLimitSettings as RateLimitSettings
+from .settings_budget import TagSettings as TagSettings
 from .settings_budget import Window as Window
 from .settings_raw import BUILTIN_PRICES as BUILTIN_PRICES  # re-exported: the CLI names the builtin table
 from .settings_raw import ConfigError as ConfigError  # re-exported: every caller catches it from here
@@ -151,12 +154,6 @@ class ModelSettings(_Frozen):
     tokenizer: TokenizerSettings | None = None  # a self-hosted model's own (chat, completions, embeddings)
 
 
-class RateLimitSettings(_Frozen):
-    tpm: int | None = Field(default=None, gt=0)
-    rpm: int | None = Field(default=None, gt=0)
-    concurrent: int | None = Field(default=None, gt=0)
-
-
 class TeamSettings(_Frozen):
     models: tuple[str, ...] | None = None
     max_input_tokens: int | None = Field(default=None, gt=0)
@@ -164,6 +161,12 @@ class TeamSettings(_Frozen):
     max_output_tokens: int | None = Field(default=None, gt=0)
     budgets: tuple[BudgetSettings, ...] = ()
     rate_limits: RateLimitSettings = RateLimitSettings()
+    # levels within the team (proxy/settings_budget.py): every end user's default budgets, explicit end
+    # users (replacing the default), tags, and models
+    end_user_budgets: tuple[BudgetSettings, ...] = ()
+    end_users: dict[str, Level] = Field(default_factory=dict)
+    tags: TagSettings = TagSettings()
+    model_limits: dict[str, Level] = Field(default_factory=dict)
 
 
 class KeySettings(_Frozen):
@@ -218,6 +221,7 @@ class Settings(_Frozen):
     failover_timeout_s: float | None = Field(default=None, gt=0)
     providers: dict[str, ProviderSettings]
     models: dict[str, ModelSettings]
+    org: Level = Level()  # applies to every request of every team
     teams: dict[str, TeamSettings] = Field(default_factory=dict)
     keys: tuple[KeySettings, ...] = ()
 
@@ -247,6 +251,8 @@ class Settings(_Frozen):
                 if m not in self.models:
                     raise _PathError(("teams", tname, "models", i), f"unknown model {m!r}")
             _check_budgets(self, ("teams", tname, "budgets"), team.budgets)
+            _check_levels(self, tname, team)
+        _check_budgets(self, ("org", "budgets"), self.org.budgets)
         for i, key in enumerate(self.keys):
             if key.team not in self.teams:
                 raise _PathError(("keys", i, "team"), f"unknown team {key.team!r}; declare it under `teams:`")
@@ -272,6 +278,18 @@ def _check_budgets(s: Settings, path: tuple[str | int, ...], budgets: tuple[Budg
     dup = duplicate_budget(budgets)
     if dup is not None:
         raise _PathError((*path, dup[1]), duplicate_budget_message(budgets, dup))
+
+
+def _check_levels(s: Settings, tname: str, team: TeamSettings) -> None:
+    _check_budgets(s, ("teams", tname, "end_user_budgets"), team.end_user_budgets)
+    for user, level in team.end_users.items():
+        _check_budgets(s, ("teams", tname, "end_users", user, "budgets"), level.budgets)
+    for tag, budgets in team.tags.budgets.items():
+        _check_budgets(s, ("teams", tname, "tags", "budgets", tag), budgets)
+    for model, level in team.model_limits.items():
+        if model not in s.models:
+            raise _PathError(("teams", tname, "model_limits", model), f"unknown model {model!r}")
+        _check_budgets(s, ("teams", tname, "model_limits", model, "budgets"), level.budgets)
 
 
 def duplicate_budget(budgets: Sequence[BudgetSettings]) -> tuple[int, int] | None:

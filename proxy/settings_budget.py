@@ -1,4 +1,6 @@
-"""A budget: a limit in tokens or USD over a calendar window, and the calendar it follows.
+"""Budgets and rate limits, at every level a request can be governed at: a budget (a limit in tokens or USD
+over a calendar window, and the calendar it follows), rate limits, and the levels beyond team and key
+(``org``; a team's end users, tags and models: ``Level``, ``TagSettings``).
 
 Windows align to the calendar of ``timezone`` (an IANA name; default UTC): a day starts at local midnight, so
 a day across a DST change lasts 23 or 25 hours. ``week`` windows start on ``week_start`` (default Monday),
@@ -8,6 +10,7 @@ starting in April: 4). Re-exported by proxy/settings.py.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Window = Literal["minute", "hour", "day", "week", "month", "quarter"]
+TAG_NAME = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"  # a tag a budget or an allow-list names
 Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 WEEKDAYS: tuple[Weekday, ...] = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -72,3 +76,41 @@ class BudgetSettings(BaseModel):
         if self.window == "quarter" and self.quarter_start_month != 1:
             out += f"/q{self.quarter_start_month}"
         return out
+
+
+class RateLimitSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tpm: int | None = Field(default=None, gt=0)
+    rpm: int | None = Field(default=None, gt=0)
+    concurrent: int | None = Field(default=None, gt=0)
+
+
+class Level(BaseModel):
+    """The budgets and rate limits of one level: the org, one end user, one model within a team."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    budgets: tuple[BudgetSettings, ...] = ()
+    rate_limits: RateLimitSettings = RateLimitSettings()
+
+
+class TagSettings(BaseModel):
+    """A team's tags: ``allowed`` (None: any tag; else a request naming another one is refused, so that a
+    client cannot escape a tag budget by inventing a tag) and the budgets of named tags."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allowed: tuple[str, ...] | None = None
+    budgets: dict[str, tuple[BudgetSettings, ...]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _named(self) -> TagSettings:
+        for tag in (*(self.allowed or ()), *self.budgets):
+            if not re.fullmatch(TAG_NAME, tag):
+                raise ValueError(f"tag {tag!r}: up to 64 letters, digits and . _ / - (starting with a letter or digit)")
+        if self.allowed is not None:
+            stray = sorted(set(self.budgets) - set(self.allowed))
+            if stray:
+                raise ValueError(f"budgets for tags not in `allowed`: {', '.join(stray)}")
+        return self

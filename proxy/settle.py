@@ -21,6 +21,7 @@ from typing import Any
 
 from .budgets import BudgetsInForce
 from .ids import ids
+from .limits import Subject
 from .reaper import Reaper
 from .refusals import refusal_limit
 from .reservations import LeaseMeta, Reservation, Reservations
@@ -53,8 +54,9 @@ class Accountant:
         worst_tokens: int,
         worst_micro_usd: int,
         meta: LeaseMeta | Mapping[str, Any],
+        subject: Subject | None = None,
     ) -> Reservation | None:
-        return await self.reservations.reserve(team, key_digest, model, worst_tokens, worst_micro_usd, meta)
+        return await self.reservations.reserve(team, key_digest, model, worst_tokens, worst_micro_usd, meta, subject)
 
     async def settle(self, res: Reservation, tokens: int, micro_usd: int) -> None:
         await self.reservations.settle(res, tokens, micro_usd)

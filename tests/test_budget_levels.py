@@ -1,0 +1,135 @@
+"""Budgets at every level an organisation has (issue 13): the org, the team, the key, an end user (the team's
+default for any end user, or their own), a tag, a model within the team. Every level that applies holds the
+request in the same all-or-nothing reservation, so 200 concurrent requests against any level (or against
+three at once) admit exactly as many as fit, on memory, SQLite and Redis; refusals name the level and the
+entity; a team's tag allow-list refuses an invented tag."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.errors import BudgetExceeded, RateLimited
+from proxy.limits import Subject
+from proxy.settle import Accountant
+from proxy.store.base import Store
+from tests.inprocess import KEYS, chat_answer, config, json_reply, running
+from tests.test_settle import DIGEST, KEY, Clock, accountant, clock, meta, store  # noqa: F401 (fixtures)
+
+WORST = 10  # tokens each request reserves
+FIT = 37  # requests a binding limit admits: its limit is FIT * WORST
+
+LEVELS: dict[str, dict[str, Any]] = {
+    "org": {"org": {"budgets": [{"window": "day", "tokens": FIT * WORST}]}},
+    "team": {"teams": {"t": {"budgets": [{"window": "day", "tokens": FIT * WORST}]}}},
+    "key": {"keys": [{"team": "t", "key": KEY, "budgets": [{"window": "month", "tokens": FIT * WORST}]}]},
+    "end_user": {"teams": {"t": {"end_user_budgets": [{"window": "day", "tokens": FIT * WORST}]}}},
+    "explicit end user": {
+        "teams": {
+            "t": {
+                "end_user_budgets": [{"window": "day", "tokens": 10**9}],
+                "end_users": {"u-1": {"budgets": [{"window": "week", "tokens": FIT * WORST}]}},
+            }
+        }
+    },
+    "tag": {"teams": {"t": {"tags": {"budgets": {"checkout": [{"window": "day", "tokens": FIT * WORST}]}}}}},
+    "model": {
+        "teams": {"t": {"model_limits": {"gpt-4o-mini": {"budgets": [{"window": "hour", "tokens": FIT * WORST}]}}}}
+    },
+    "three at once": {  # the end user binds first, then the tag, then the model: the tightest wins
+        "teams": {
+            "t": {
+                "end_user_budgets": [{"window": "day", "tokens": FIT * WORST}],
+                "tags": {"budgets": {"checkout": [{"window": "day", "tokens": (FIT + 5) * WORST}]}},
+                "model_limits": {"gpt-4o-mini": {"rate_limits": {"tpm": (FIT + 9) * WORST}}},
+            }
+        }
+    },
+}
+SUBJECT = Subject("u-1", ("checkout", "beta"), "gpt-4o-mini")
+
+
+def account(store: Store, clock: Clock, level: str) -> Accountant:  # noqa: F811
+    over: dict[str, Any] = {"teams": {"t": {}}, "keys": [{"team": "t", "key": KEY}]}
+    over.update(LEVELS[level])
+    return accountant(store, clock, **over)
+
+
+@pytest.mark.parametrize("level", list(LEVELS))
+async def test_200_concurrent_requests_admit_exactly_what_fits(store: Store, clock: Clock, level: str) -> None:  # noqa: F811
+    acct = account(store, clock, level)
+
+    async def one(i: int) -> bool:
+        try:
+            res = await acct.reserve("t", DIGEST, "gpt-4o-mini", WORST, 0, meta(request_id=f"r{i}"), SUBJECT)
+        except (BudgetExceeded, RateLimited):
+            return False
+        assert res is not None
+        await acct.settle(res, WORST, 0)
+        return True
+
+    admitted = await asyncio.gather(*(one(i) for i in range(200)))
+    assert sum(admitted) == FIT
+    used = {lim.key: lim for lim in acct.budgets.limits("t", DIGEST, clock(), SUBJECT)}
+    values = await store.counters(list(used))
+    assert all(v.used <= used[k].limit and v.reserved == 0 for k, v in values.items())
+    assert max(v.used for v in values.values()) == FIT * WORST
+
+
+@pytest.mark.parametrize(
+    ("level", "words"),
+    [
+        ("org", "The organisation's budget for this day"),
+        ("end_user", "The budget of end user 'u-1' in team 't' for this day"),
+        ("explicit end user", "The budget of end user 'u-1' in team 't' for this week"),
+        ("tag", "The budget of tag 'checkout' in team 't' for this day"),
+        ("model", "The budget of model 'gpt-4o-mini' in team 't' for this hour"),
+    ],
+)
+async def test_a_refusal_names_the_level_and_the_entity(store: Store, clock: Clock, level: str, words: str) -> None:  # noqa: F811
+    acct = account(store, clock, level)
+    with pytest.raises(BudgetExceeded) as e:
+        await acct.reserve("t", DIGEST, "gpt-4o-mini", (FIT + 1) * WORST, 0, meta(), SUBJECT)
+    assert words in e.value.message
+    assert e.value.limit is not None and e.value.limit.startswith("budget ")
+
+
+async def test_other_end_users_tags_and_models_have_their_own_counters(store: Store, clock: Clock) -> None:  # noqa: F811
+    acct = account(store, clock, "three at once")
+    res = await acct.reserve("t", DIGEST, "gpt-4o-mini", FIT * WORST, 0, meta(), SUBJECT)
+    assert res is not None
+    with pytest.raises(BudgetExceeded):
+        await acct.reserve("t", DIGEST, "gpt-4o-mini", WORST, 0, meta(), SUBJECT)
+    # another end user has the team's default budget of their own; no end user: only the other levels
+    assert await acct.reserve("t", DIGEST, "gpt-4o-mini", WORST, 0, meta(), Subject("u-2", ("checkout",))) is not None
+    assert await acct.reserve("t", DIGEST, "gpt-4o-mini", WORST, 0, meta(), Subject(None, (), "gpt-4o")) is None
+
+
+async def test_an_invented_tag_is_refused_where_the_team_allows_only_some(tmp_path: Path) -> None:
+    search = {
+        "budgets": [{"window": "day", "tokens": 10_000_000}],
+        "tags": {"allowed": ["checkout", "ranking"], "budgets": {"checkout": [{"window": "day", "usd": 1}]}},
+        "end_user_budgets": [{"window": "day", "tokens": 30}],
+    }
+    teams = {**config("", "", "")["teams"], "search": search}
+    async with running(tmp_path, "memory", teams=teams) as gw:
+        gw.provider.on("/v1/chat/completions", json_reply(chat_answer("ok", 9, 2)))
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+        r = await gw.post("/v1/chat/completions", body, headers={"x-quotagate-tags": "checkout,free-lunch"})
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert err["code"] == "tag_not_allowed" and "'free-lunch'" in err["message"] and "ranking" in err["message"]
+        assert (
+            await gw.post("/v1/chat/completions", body, headers={"x-quotagate-tags": "checkout"})
+        ).status_code == 200
+        # the end user's default budget (30 tokens a day) holds whatever the key, and names them
+        user = {**body, "user": "u-123"}
+        assert (await gw.post("/v1/chat/completions", user)).status_code == 200
+        r = await gw.post("/v1/chat/completions", user, key=KEYS["search-batch"])
+        assert r.status_code == 429
+        assert "The budget of end user 'u-123' in team 'search'" in r.json()["error"]["message"]
+        rows = await gw.new_rows()
+    assert [row.outcome for row in rows] == ["invalid_request", "ok", "ok", "budget_exceeded"]
