@@ -153,7 +153,7 @@ def _common(p: argparse.ArgumentParser, *, since: bool) -> None:
     if since:
         what = "from when (to now), or START..END: a date, an RFC 3339 time or a time ago (default: %(default)s)"
         p.add_argument("--since", default="30d", metavar="BOUND", help=what)
-    p.add_argument("--team", help="only this team")
+    p.add_argument("--team", help="only this team (default: every team)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: %(default)s)")
     add_config_option(p)
 
@@ -170,7 +170,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     e.add_argument("--period", required=True, help="the period to explain, e.g. 7d..0d or 2026-03-04..2026-03-11")
     e.add_argument("--baseline", required=True, help="the period to compare with, e.g. 14d..7d")
-    e.add_argument("--model", help="only this model")
+    e.add_argument("--model", help="only this model (default: every model)")
     _common(e, since=False)
     e.set_defaults(fn=cmd_explain)
     w = sub.add_parser(
