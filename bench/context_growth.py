@@ -149,7 +149,9 @@ def run(out: Path, per_day: int) -> int:
 
     mport, gport = free_port(), free_port()
     py = sys.executable
-    mock = subprocess.Popen([py, "-m", "proxy", "mock-upstream", "--port", str(mport)], cwd=ROOT)
+    mock = subprocess.Popen(
+        [py, "-m", "proxy", "mock-upstream", "--port", str(mport)], cwd=ROOT, stdout=subprocess.DEVNULL
+    )
     db = out / "scenario.db"
     cfg = out / "scenario.yaml"
     cfg.write_text(yaml.safe_dump(config(f"http://127.0.0.1:{mport}/v1", f"sqlite:///{db}"), sort_keys=False))

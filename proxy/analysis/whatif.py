@@ -10,7 +10,8 @@ with ``downgrade_to`` serves the cheaper model once its used share reaches ``war
 requested model would not fit, as ``admit.py`` does.
 
 Trimming needs the messages, which the ledger does not keep: the request is rebuilt from its recorded
-parts as a system message (pinned), its history as ``HISTORY_TURNS`` equal turns, and its new input as the
+parts as a system message (pinned), its history as as many equal turns as it had messages
+(``history_messages``; ``HISTORY_TURNS`` for a row recorded before that column), and its new input as the
 latest user turn (pinned), the tools and any input out of sight kept; ``enforce_context`` then drops the
 oldest history turns first, as the gateway does, and refuses when even no history would not fit. A request
 recorded without parts (an older ledger) has all its input as new input, so it can only be kept or rejected.
@@ -40,7 +41,8 @@ HISTORY_TURNS = 10
 LIMITS = (
     "output that a trim would have changed is assumed unchanged (capped only by the output cap);",
     "the provider's cache hits are assumed unchanged in share (trimmed input scales them down);",
-    f"a trim is modelled from the recorded parts: history as {HISTORY_TURNS} equal turns, dropped oldest first;",
+    "a trim is modelled from the recorded parts: history as equal turns, one per recorded history message "
+    f"({HISTORY_TURNS} for older rows), dropped oldest first;",
     "budgets start empty at the start of the period; key budgets, rate limits and concurrency are not replayed;",
     "a downgraded request is assumed to use the same tokens on the cheaper model;",
     "requests refused or failed at the time (not charged) are counted, not replayed;",
@@ -50,7 +52,7 @@ _ENDPOINTS = {e.name: e for e in ENDPOINTS.values()}
 _COLUMNS = (
     "request_id, ts, team, model, endpoint, counted_input, input_tokens, cached_input_tokens, output_tokens, "
     "counted_output, cache_write_5m_tokens, cache_write_1h_tokens, service_tier, cost_micro_usd, output_cap, "
-    "input_system, input_tools, input_history, input_new"
+    "input_system, input_tools, input_history, input_new, history_messages"
 )
 _NAMES = tuple(c.strip() for c in _COLUMNS.split(","))
 
@@ -102,7 +104,8 @@ def synthetic(row: dict[str, Any]) -> tuple[list[Any] | None, int]:
         return None, 0
     system, tools, history, new = (_n(row[k]) for k in ("input_system", "input_tools", "input_history", "input_new"))
     fixed = tools + max(_n(row["counted_input"]) - system - tools - history - new, 0)
-    turns = [history // HISTORY_TURNS + (1 if i < history % HISTORY_TURNS else 0) for i in range(HISTORY_TURNS)]
+    n = _n(row["history_messages"]) or HISTORY_TURNS
+    turns = [history // n + (1 if i < history % n else 0) for i in range(n)]
     msgs: list[Any] = [{"role": "system", "n": system}] if system else []
     msgs += [{"role": ("user", "assistant")[i % 2], "n": n} for i, n in enumerate(turns) if n]
     msgs.append({"role": "user", "n": new})
