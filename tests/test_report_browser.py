@@ -130,6 +130,8 @@ def artifacts_dir() -> Path:
 
 def chromium_or_skip() -> str:
     path = shutil.which(CHROMIUM) or (CHROMIUM if os.access(CHROMIUM, os.X_OK) else None)
+    if path is None and os.environ.get("CI"):  # .ci/run installs chromium: in CI its absence is a failure
+        pytest.fail(f"no chromium binary at {CHROMIUM} (CI=true: .ci/run should have installed Debian's chromium)")
     if path is None:
         pytest.skip(f"no chromium binary at {CHROMIUM} (CI installs Debian's chromium; set QUOTAGATE_CHROMIUM)")
     return path
