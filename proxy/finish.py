@@ -135,7 +135,7 @@ def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRe
         ttft_ms=r.ttft * ms if r.ttft is not None else None,
         trimmed_tokens=adm.trimmed,
         estimated=est is not None and not est.exact,
-        seed=adm.seed,
+        seed=_int64(adm.seed),
         system_fingerprint=r.fingerprint,
         upstream_model=adm.upstream_model,
         error=r.error,
@@ -149,11 +149,20 @@ def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRe
         input_history=parts.history if parts is not None else None,
         input_new=parts.new if parts is not None else None,
         history_messages=parts.history_messages if parts is not None and parts.history_messages else None,
-        output_cap=adm.output_cap,
+        output_cap=_int64(adm.output_cap),
         price_version=adm.price.version if adm.price is not None else None,
         end_user=adm.end_user,
         tags=adm.tags,
     )
+
+
+_INT64 = 2**63 - 1
+
+
+def _int64(v: int | None) -> int | None:
+    """A client's integer as the ledger can hold it (SQLite and PostgreSQL: 64 bits); beyond: not recorded.
+    A ``max_tokens`` or ``seed`` of 10**30 is forwarded as sent, and must not make its row unwritable."""
+    return v if v is None or -_INT64 - 1 <= v <= _INT64 else None
 
 
 def _observed(

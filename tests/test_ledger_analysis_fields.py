@@ -17,7 +17,7 @@ from proxy.settings import parse
 from proxy.store.base import LedgerRecord
 from proxy.store.sqlite import SqliteStore
 from proxy.store.sqlite_schema import SCHEMA_VERSION
-from tests.inprocess import chat_answer, json_reply, running
+from tests.inprocess import KEYS, chat_answer, config, json_reply, running
 
 FIXTURE = Path(__file__).parent / "data" / "ledger-schema3.db"
 
@@ -121,3 +121,24 @@ async def test_a_ledger_written_by_the_previous_release_opens_with_every_row(tmp
         await store.close()
     with sqlite3.connect(path) as con:
         assert con.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+async def test_a_huge_output_cap_or_seed_does_not_make_the_row_unwritable(tmp_path: Path, store: str) -> None:
+    """Found by the malformed-bodies fuzz: a max_tokens past 2**63 (orjson reads integers up to 2**64 - 1;
+    forwarded as sent, for the provider to refuse) overflowed SQLite's signed 64-bit integers in its ledger
+    row, and the batch holding it failed forever. Served or refused, the rows are written."""
+    raw = config("", "", "")
+    teams = {**raw["teams"], "open": {}}
+    keys = [*raw["keys"], {"team": "open", "name": "open", "key": "sk-qg-open-team-0000001"}]
+    async with running(tmp_path, store, teams=teams, keys=keys) as gw:
+        gw.provider.on("/v1/chat/completions", json_reply(chat_answer("ok", 9, 2)))
+        huge = {"model": "gpt-4o-mini", "messages": CONVERSATION[-1:], "max_tokens": 2**64 - 1, "seed": 2**63}
+        assert (await gw.post("/v1/chat/completions", huge, key="sk-qg-open-team-0000001")).status_code == 200
+        assert (await gw.post("/v1/chat/completions", huge, key=KEYS["research"])).status_code == 429
+        fine = {"model": "gpt-4o-mini", "messages": CONVERSATION[-1:], "max_tokens": 7, "seed": 2**63 - 1}
+        assert (await gw.post("/v1/chat/completions", fine, key="sk-qg-open-team-0000001")).status_code == 200
+        served, refused, ok = await gw.new_rows()
+    assert (served.output_cap, served.seed, served.outcome) == (None, None, "ok")
+    assert (refused.output_cap, refused.outcome) == (None, "budget_exceeded")
+    assert (ok.output_cap, ok.seed) == (7, 2**63 - 1)
