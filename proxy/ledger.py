@@ -7,7 +7,9 @@ Flow::
                      process's spill file every ``flush_seconds`` (in a thread, fsynced)
     writer task      every ``flush_seconds`` (sooner when a batch is full): the queue, BATCH records per
                      store call; then the spill files, one group per call, between queue flushes
-    a failed write   whatever the error, the batch goes back to the head of the queue, whole and in order,
+    a record the store cannot hold (a data error: an integer past 64 bits...) is found by bisecting its
+                     batch and set aside in ``ledger-rejected-<owner>.jsonl`` (cause ``rejected``)
+    a failed write   whatever else the error, the batch goes back to the head of the queue, whole and in order,
                      and is retried as the same batch on the next tick; logged on the first failure of a
                      streak (and when its cause changes) and on recovery, counted in
                      ``quotagate_ledger_write_errors_total{cause}``
@@ -285,11 +287,32 @@ class Ledger:
             await self._store.write_ledger(batch)
         except Exception as e:
             cause = error_cause(e)
+            if cause == "other" and spill.is_data_error(e):
+                await self._isolate(batch, e)  # the records the store can hold are written, the others set aside
+                return
             if self._metrics is not None:
                 self._metrics.ledger_write_errors.labels(cause).inc()
             self._writes.failed(cause, e, self.pending)
             raise
         self._writes.ok(self.pending)
+
+    async def _isolate(self, batch: list[LedgerRecord], err: BaseException) -> None:
+        """Bisect a batch the store refused for a record's data; set aside each record that fails alone."""
+        if len(batch) == 1:
+            path = await self._disk_op(spill.set_aside, self._dir, self._owner, batch[0], err)
+            if self._metrics is not None:
+                self._metrics.ledger_write_errors.labels("rejected").inc()
+            log.error(
+                "ledger: record %s set aside in %s: the store cannot hold it (%s)", batch[0].request_id, path, err
+            )
+            return
+        for half in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
+            try:
+                await self._store.write_ledger(half)
+            except Exception as e:
+                if not spill.is_data_error(e):
+                    raise
+                await self._isolate(half, e)
 
     async def _replay_one(self) -> None:
         f = self._claimed[0]

@@ -57,7 +57,7 @@ OPERATIONS = ("chat", "text_completion", "embeddings", "responses", "stateful")
 TOKEN_TYPES = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "output", "reasoning")
 PARTS = ("system", "tools", "history", "new")
 UNITS = ("tokens", "usd")
-LEDGER_ERROR_CAUSES = ("store_unavailable", "busy", "disk_full", "constraint", "oom", "other")
+LEDGER_ERROR_CAUSES = ("store_unavailable", "busy", "disk_full", "constraint", "oom", "other", "rejected")
 OTHER = "other"
 UNKNOWN_TEAM = "unknown"
 
@@ -220,7 +220,7 @@ class Metrics:
         )
         self.ledger_write_errors = Counter(
             "quotagate_ledger_write_errors",
-            "Failed ledger store writes (each is retried; no record is dropped), by cause.",
+            "Failed ledger writes by cause (retried, none dropped; rejected: a record set aside in a file).",
             ["cause"],
             registry=r,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -593,3 +595,26 @@ def test_gateway_keeps_every_record_while_the_ledger_is_rejected(tmp_path: Path)
         admin.close()
         gw.kill()
         mock.kill()
+
+
+async def test_a_record_the_store_cannot_hold_is_set_aside_not_retried_forever(tmp_path: Path) -> None:
+    """One record SQLite refuses for its data (an integer past 64 bits) must not hold back the 1,199 around
+    it: its batch is bisected, the record set aside in ledger-rejected-*.jsonl, counted as ``rejected``."""
+    store = SqliteStore(tmp_path / "q.db")
+    await store.open()
+    metrics = make_metrics()
+    ledger = Ledger(store, flush_seconds=FLUSH, spill_dir=tmp_path, metrics=metrics)
+    poison = dataclasses.replace(rec(600), seed=2**64 - 1)
+    try:
+        async with running(ledger):
+            for i in range(N):
+                ledger.append(poison if i == 600 else rec(i))
+            await until(lambda: ledger.pending == 0)
+        assert await lost_and_duplicated(store, [f"r{i}" for i in range(N)]) == (1, 0)  # r600 only, set aside
+        assert errors(metrics, "rejected") == 1
+        (kept,) = await asyncio.to_thread(lambda: list(tmp_path.glob("ledger-rejected-*.jsonl")))
+        line = orjson.loads(await asyncio.to_thread(kept.read_text))
+        assert line["r"]["request_id"] == "r600" and line["r"]["seed"] == 2**64 - 1
+        assert "OverflowError" in line["error"]
+    finally:
+        await store.close()
