@@ -19,7 +19,7 @@ admission refuses to ask for one where a budget needs every request priced.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
+from dataclasses import field, replace
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
@@ -56,7 +56,9 @@ class Price:
     above: int | None = None
     unpriced: frozenset[str] = frozenset()  # usage dimensions without a price: "cache_write_5m" | "cache_write_1h"
     tiers: tuple[tuple[str, Price], ...] = ()  # the service tiers priced apart from the standard one, by name
-    version: str = ""  # the price table this came from (``prices.yaml@2026-11-01``), or ``config:<digest>``
+    # the price table this came from (``prices.yaml@2026-11-01``), or ``config:<digest>``: provenance, not a
+    # rate, so two prices with the same rates are equal whatever their version
+    version: str = field(default="", compare=False)
 
     def rates(self, input_tokens: int) -> Rates:
         if self.long is not None and self.above is not None and input_tokens > self.above:

@@ -132,7 +132,7 @@ async def test_a_budget_override_is_in_force_at_once_and_survives_a_restart(tmp_
     [
         (
             [{"window": "fortnight", "tokens": 5}],
-            "budgets.0.window: Input should be 'minute', 'hour', 'day', 'week' or 'month'",
+            "budgets.0.window: Input should be 'minute', 'hour', 'day', 'week', 'month' or 'quarter'",
         ),
         (
             [{"window": "day", "tokens": 5}, {"window": "week", "tokens": 5, "usd": 1}],
