@@ -31,9 +31,9 @@ from bench.targets import FAST_MODEL, KEY, quotagate_config  # noqa: E402
 from tests.gateway import free_port, wait_ready  # noqa: E402
 
 
-def _cpu_ticks(pid: int) -> int:
+def _cpu_ticks(pid: int) -> tuple[int, int]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    return int(fields[11]), int(fields[12])  # utime, stime
 
 
 async def _load(url: str, body: dict[str, object], seconds: float, conns: int = 64) -> int:
@@ -52,8 +52,11 @@ async def _load(url: str, body: dict[str, object], seconds: float, conns: int = 
     return done
 
 
-def run_once(base: Baseline | None, stream: bool, seconds: float, tmp: Path, memory: bool) -> tuple[float, float]:
-    """(requests per second, gateway CPU ms per request) for ``base`` (None: the working tree)."""
+def run_once(
+    base: Baseline | None, stream: bool, seconds: float, tmp: Path, memory: bool
+) -> tuple[float, float, float]:
+    """(requests per second, gateway CPU ms per request, of which in the kernel) for ``base`` (None: the
+    working tree)."""
     py = sys.executable
     env = {**os.environ, **(base.env if base is not None else {})}
     tree = base.tree if base is not None else ROOT
@@ -85,12 +88,14 @@ def run_once(base: Baseline | None, stream: bool, seconds: float, tmp: Path, mem
         asyncio.run(_load(url, body, 2.0))
         before = _cpu_ticks(gw.pid)
         n = asyncio.run(_load(url, body, seconds))
-        used = _cpu_ticks(gw.pid) - before
+        after = _cpu_ticks(gw.pid)
+        user, system = after[0] - before[0], after[1] - before[1]
     finally:
         for p in (gw, mock):
             p.terminate()
             p.wait(10)
-    return n / seconds, used * 1000 / os.sysconf("SC_CLK_TCK") / max(n, 1)
+    per = 1000 / os.sysconf("SC_CLK_TCK") / max(n, 1)
+    return n / seconds, (user + system) * per, system * per
 
 
 def main() -> int:
@@ -102,16 +107,17 @@ def main() -> int:
     ap.add_argument("--memory", action="store_true", help="the memory store instead of SQLite (isolates the store)")
     a = ap.parse_args()
     base = prepare(a.baseline_ref, ROOT / "bench" / ".baseline")
-    results: dict[str, list[tuple[float, float]]] = {"current": [], a.baseline_ref: []}
+    results: dict[str, list[tuple[float, float, float]]] = {"current": [], a.baseline_ref: []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.rounds):
             for name, which in (("current", None), (a.baseline_ref, base)):
-                rps, cpu = run_once(which, a.stream, a.seconds, Path(tmp), a.memory)
-                results[name].append((rps, cpu))
-                print(f"{name:>12}: {rps:8.0f} req/s  {cpu:.3f} ms CPU/req", flush=True)
-    cur = statistics.median(c for _, c in results["current"])
-    old = statistics.median(c for _, c in results[a.baseline_ref])
-    print(f"median CPU/req: current {cur:.3f} ms, {a.baseline_ref} {old:.3f} ms, ratio {cur / old:.2f}x")
+                rps, cpu, sys_ = run_once(which, a.stream, a.seconds, Path(tmp), a.memory)
+                results[name].append((rps, cpu, sys_))
+                print(f"{name:>12}: {rps:8.0f} req/s  {cpu:.3f} ms CPU/req ({sys_:.3f} in the kernel)", flush=True)
+    for i, what in ((1, "CPU/req"), (2, "kernel CPU/req")):
+        cur = statistics.median(r[i] for r in results["current"])
+        old = statistics.median(r[i] for r in results[a.baseline_ref])
+        print(f"median {what}: current {cur:.3f} ms, {a.baseline_ref} {old:.3f} ms, ratio {cur / old:.2f}x")
     return 0
 
 
