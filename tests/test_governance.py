@@ -366,6 +366,61 @@ async def test_200_concurrent_requests_three_replicas_on_one_redis(tmp: Path, mo
         await asyncio.to_thread(in_parallel, *(g.terminate for g in gws))
 
 
+LEVELS_TEAM = {  # the end user binds at K; the tag and the model within the team hold every request too
+    "end_user_budgets": [{"window": "day", "tokens": BURST_LIMIT}],
+    "tags": {"allowed": ["checkout"], "budgets": {"checkout": [{"window": "day", "tokens": BURST_LIMIT + WORST}]}},
+    "model_limits": {MODEL: {"budgets": [{"window": "day", "tokens": BURST_LIMIT + 2 * WORST}]}},
+}
+
+
+async def check_level_burst(gws: list[Proc], store: str) -> None:
+    """Exactly K of 200 concurrent requests of one end user (with a tag, on a model with its own limit) are
+    admitted across every process; the refusals name the end user; the ledger agrees."""
+    limits = httpx.Limits(max_connections=210, max_keepalive_connections=210)
+    body = {**chat(delay_s=3.0), "user": "u-123"}
+    headers = {**auth("sk-levels"), "x-quotagate-tags": "checkout"}
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        results = await asyncio.gather(
+            *(
+                client.post(gws[i % len(gws)].url + "/v1/chat/completions", json=body, headers=headers)
+                for i in range(200)
+            )
+        )
+    ok = [r for r in results if r.status_code == 200]
+    assert len(ok) == K, sorted(r.status_code for r in results)
+    for r in results:
+        if r.status_code != 200:
+            assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
+            assert "The budget of end user 'u-123' in team 'levels'" in r.json()["error"]["message"]
+    rows = await asyncio.to_thread(ledger_rows, store, "levels", 200)
+    assert sorted(rec.outcome for rec in rows) == ["budget_exceeded"] * (200 - K) + ["ok"] * K
+    assert {(rec.end_user, rec.tags) for rec in rows} == {("u-123", "checkout")}
+
+
+async def test_levels_exact_across_two_workers_on_sqlite(tmp: Path, mock: Proc) -> None:
+    teams, keys = team_cfg(levels=LEVELS_TEAM)
+    store = sqlite_url(tmp / "levels.db")
+    cfg = base_config(mock.url, store, teams=teams, keys=keys)
+    gw = await asyncio.to_thread(start_gateway, tmp, cfg, workers=2, name="levels-workers.yaml")
+    try:
+        await check_level_burst([gw], store)
+    finally:
+        await asyncio.to_thread(gw.terminate)
+
+
+async def test_levels_exact_across_three_replicas_on_one_redis(tmp: Path, mock: Proc, redis_url: str) -> None:
+    teams, keys = team_cfg(levels=LEVELS_TEAM)
+    store = redis_db(redis_url, 5)
+    cfg = base_config(mock.url, store, teams=teams, keys=keys)
+    gws = await asyncio.to_thread(
+        in_parallel, *(lambda i=i: start_gateway(tmp, cfg, name=f"levels{i}.yaml") for i in range(3))
+    )
+    try:
+        await check_level_burst(gws, store)
+    finally:
+        await asyncio.to_thread(in_parallel, *(g.terminate for g in gws))
+
+
 # ---- 2. actual usage far below the reservation -----------------------------------------------------------
 
 
