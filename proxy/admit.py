@@ -89,7 +89,7 @@ class Admitter:
 
     async def admit(self, endpoint: Endpoint, scope: Scope, receive: Receive) -> tuple[Admission, Outbound]:
         rid, ts, t0 = next(self._ids), time.time(), time.perf_counter()
-        tags = attribution.tags_from_headers(scope["headers"])
+        tags = attribution.tags_from_headers(scope["headers"])  # and the body's, once it is parsed
         who: Principal | None = None
         req: ParsedRequest | None = None
         try:
@@ -97,6 +97,8 @@ class Admitter:
             raw = await read_body(receive, self._s.max_body_bytes)
             deployment = scope.get(DEPLOYMENT)  # Azure: the path names the model, whatever the body says
             req = endpoint.parse(raw if deployment is None else with_model(raw, deployment))
+            if isinstance(req.body.get("metadata"), dict):
+                tags = attribution.tags_from_headers(scope["headers"], req.body)
             if self.objects is not None:  # previous_response_id, conversation: the caller team's, or 404
                 await self.objects.check_references(who.team, req)
             team = self._s.teams.get(who.team)

@@ -133,3 +133,27 @@ async def test_an_invented_tag_is_refused_where_the_team_allows_only_some(tmp_pa
         assert "The budget of end user 'u-123' in team 'search'" in r.json()["error"]["message"]
         rows = await gw.new_rows()
     assert [row.outcome for row in rows] == ["invalid_request", "ok", "ok", "budget_exceeded"]
+
+
+async def test_metadata_tags_count_as_tags(tmp_path: Path) -> None:
+    """The body's ``metadata.tags`` (OpenAI metadata holds strings: "a,b") adds to the header's tags: held by
+    the tag's budget, checked against the allow-list, recorded; the body is forwarded as sent."""
+    search = {"tags": {"allowed": ["checkout", "ranking"], "budgets": {"ranking": [{"window": "day", "tokens": 30}]}}}
+    teams = {**config("", "", "")["teams"], "search": search}
+    async with running(tmp_path, "memory", teams=teams) as gw:
+        gw.provider.on("/v1/chat/completions", json_reply(chat_answer("ok", 9, 2)))
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 20,
+            "metadata": {"tags": "ranking"},
+        }
+        r = await gw.post("/v1/chat/completions", body, headers={"x-quotagate-tags": "checkout"})
+        assert r.status_code == 200
+        assert gw.provider.bodies("/v1/chat/completions")[-1]["metadata"] == {"tags": "ranking"}
+        r = await gw.post("/v1/chat/completions", body)  # the tag budget (30 tokens) is spent: 11 + 28 > 30
+        assert r.status_code == 429 and "The budget of tag 'ranking'" in r.json()["error"]["message"]
+        r = await gw.post("/v1/chat/completions", {**body, "metadata": {"tags": "free-lunch"}})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "tag_not_allowed"
+        rows = await gw.new_rows()
+    assert [row.tags for row in rows] == ["checkout,ranking", "ranking", "free-lunch"]
