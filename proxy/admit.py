@@ -55,6 +55,7 @@ class Admission:
     output_cap: int | None = None  # the output cap the request went out with (None: none)
     end_user: str | None = None  # as the client named them (proxy/attribution.py)
     tags: str | None = None
+    session: str | None = None  # x-quotagate-session
 
 
 @value
@@ -118,7 +119,8 @@ class Admitter:
                 tags=tags,
             )
             raise Refused(err, known) from None
-        return await self._reserve(Admission(rid, ts, t0, endpoint, tags=tags), who, team, req)
+        session = attribution.session_from_headers(scope["headers"])
+        return await self._reserve(Admission(rid, ts, t0, endpoint, tags=tags, session=session), who, team, req)
 
     async def _reserve(
         self, arrival: Admission, who: Principal, team: TeamSettings | None, req: ParsedRequest
@@ -261,7 +263,8 @@ class Admitter:
 
 def _subject(arrival: Admission, req: ParsedRequest, model: str) -> Subject:
     """Who and what the request is for, for the end-user, tag and model limits of its team."""
-    return Subject(req.endpoint.protocol.end_user(req), tuple(arrival.tags.split(",")) if arrival.tags else (), model)
+    tags = tuple(arrival.tags.split(",")) if arrival.tags else ()
+    return Subject(req.endpoint.protocol.end_user(req), tags, model, arrival.session)
 
 
 def _output_cap(
@@ -312,6 +315,7 @@ def _admission(
         sent_cap,
         req.endpoint.protocol.end_user(req),
         arrival.tags,
+        arrival.session,
     )
 
 

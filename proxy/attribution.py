@@ -15,6 +15,16 @@ MAX_END_USER = 128
 MAX_TAG = 64
 MAX_TAGS = 16
 TAGS_HEADER = b"x-quotagate-tags"
+SESSION_HEADER = b"x-quotagate-session"
+MAX_SESSION = 128
+
+
+def session_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The request's session (an agent's run), as ``x-quotagate-session`` names it, bounded."""
+    for k, v in headers:
+        if k == SESSION_HEADER:
+            return v.decode("latin-1").strip()[:MAX_SESSION] or None
+    return None
 
 
 def end_user(value: Any) -> str | None:

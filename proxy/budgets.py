@@ -149,7 +149,10 @@ class BudgetsInForce:
         if hit is None:
             hit = self._limits_cache[(team, key_digest)] = self._build_limits(team, key_digest, now)
         t = self._s.teams.get(team)
-        if subject is None or t is None or not (t.end_user_budgets or t.end_users or t.tags.budgets or t.model_limits):
+        levels = t is not None and (
+            t.end_user_budgets or t.end_users or t.tags.budgets or t.model_limits or t.session_budgets
+        )
+        if subject is None or t is None or not levels:
             return hit
         return hit + subject_limits(team, t, subject, now)
 

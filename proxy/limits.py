@@ -27,12 +27,12 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from .settings import BudgetSettings, Level, RateLimitSettings, TeamSettings, Window
-from .settings_budget import WEEKDAYS
+from .settings_budget import WEEKDAYS, SessionBudgetSettings, duration_seconds
 from .store.base import Hold, hash_tag
 from .values import value
 
 Unit = Literal["tokens", "usd", "requests", "concurrent"]
-Scope = Literal["org", "team", "key", "end_user", "tag", "model"]
+Scope = Literal["org", "team", "key", "end_user", "tag", "model", "session"]
 ORG_PREFIX = "{qg-org}:o"  # one counter for every team: its own hash tag (one Redis Cluster slot)
 _NO_RATES = RateLimitSettings()
 _RETAIN = 86_400.0
@@ -89,10 +89,12 @@ class Limit:
     window: Window | None
     window_end: float
     scope: Scope
-    budget: BudgetSettings | None = None
+    budget: BudgetSettings | SessionBudgetSettings | None = None
     entity: str = ""  # the end user, tag or model of an end_user, tag or model limit; the team's name
 
     def hold(self, amount: int) -> Hold:
+        if self.scope == "session" and self.window is None:  # a session's life: until session_ttl after its last use
+            return Hold(self.key, self.limit, amount, self.window_end)
         expires = 0.0 if self.window is None else self.window_end + _RETAIN
         return Hold(self.key, self.limit, amount, expires, commit=self.unit != "concurrent")
 
@@ -124,18 +126,20 @@ class Subject:
     end_user: str | None = None
     tags: tuple[str, ...] = ()
     model: str = ""
+    session: str | None = None  # x-quotagate-session
 
 
 def subject_limits(team: str, t: TeamSettings, subject: Subject, now: float) -> list[Limit]:
     """The limits of the request's end user (their own, else the team's default for any end user), of each of
-    its tags that has a budget, and of its model within the team."""
+    its tags that has a budget, of its model within the team, and of its session."""
     out: list[Limit] = []
     if subject.end_user is not None:
         level = t.end_users.get(subject.end_user)
         budgets, rates = (level.budgets, level.rate_limits) if level else (t.end_user_budgets, _NO_RATES)
         if budgets or rates != _NO_RATES:
-            user = hashlib.sha256(subject.end_user.encode()).hexdigest()[:16]
-            out += _level(f"{tag(team)}:u:{user}", "end_user", subject.end_user, budgets, rates, now)
+            out += _level(
+                f"{tag(team)}:u:{_digest(subject.end_user)}", "end_user", subject.end_user, budgets, rates, now
+            )
     for name in subject.tags:
         budgets = t.tags.budgets.get(name, ())
         if budgets:
@@ -143,7 +147,27 @@ def subject_limits(team: str, t: TeamSettings, subject: Subject, now: float) -> 
     model = t.model_limits.get(subject.model)
     if model is not None:
         out += _level(f"{tag(team)}:m:{subject.model}", "model", subject.model, model.budgets, model.rate_limits, now)
+    if subject.session is not None and t.session_budgets:
+        out += _session(f"{tag(team)}:s:{_digest(subject.session)}", subject.session, t, now)
     return out
+
+
+def _session(prefix: str, session: str, t: TeamSettings, now: float) -> list[Limit]:
+    """A session's budgets: over its life (one counter, kept until ``session_ttl`` after its last request),
+    or per calendar window."""
+    out: list[Limit] = []
+    for b in t.session_budgets:
+        if b.window is None:
+            key, window_end = f"{prefix}:b:life:{b.unit}", now + duration_seconds(t.session_ttl)
+        else:
+            wid, _, window_end = window_bounds(b.window, now)
+            key = f"{prefix}:b:{b.window}:{b.unit}:{wid}"
+        out.append(Limit(key, b.limit, b.unit, b.window, window_end, "session", b, session))
+    return out
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def _level(

@@ -42,7 +42,7 @@ def _budget_refusal(team: str, lim: Limit, d: Denied, now: float) -> ProxyError:
 
     return BudgetExceeded(
         "You exceeded your current quota, please check your plan and billing details. "
-        f"{_whose(lim, team)} for this {lim.window} ({what}) cannot cover this "
+        f"{_whose(lim, team)} for this {lim.window or 'session'} ({what}) cannot cover this "
         f"request: used {amount(d.used)}, held by requests in flight {amount(d.reserved)}, this request "
         f"needs up to {amount(d.hold.amount)}. The budget renews in {go_duration(wait)}.",
         headers=_retry_after(wait),
@@ -60,7 +60,7 @@ def _whose(lim: Limit, team: str) -> str:
     return f"The budget of {_LEVEL[lim.scope]} '{lim.entity}' in team '{team}'"
 
 
-_LEVEL = {"end_user": "end user", "tag": "tag", "model": "model"}
+_LEVEL = {"end_user": "end user", "tag": "tag", "model": "model", "session": "session"}
 
 
 def _rate_refusal(team: str, model: str, lims: Sequence[Limit], lim: Limit, d: Denied, now: float) -> ProxyError:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .settings_budget import BudgetSettings as BudgetSettings  # re-exported: every layer imports it from here
 from .settings_budget import Level as Level
 from .settings_budget import RateLimitSettings as RateLimitSettings
+from .settings_budget import SessionBudgetSettings as SessionBudgetSettings
 from .settings_budget import TagSettings as TagSettings
 from .settings_budget import Window as Window
 from .settings_raw import BUILTIN_PRICES as BUILTIN_PRICES  # re-exported: the CLI names the builtin table
@@ -167,6 +168,9 @@ class TeamSettings(_Frozen):
     end_users: dict[str, Level] = Field(default_factory=dict)
     tags: TagSettings = TagSettings()
     model_limits: dict[str, Level] = Field(default_factory=dict)
+    session_budgets: tuple[SessionBudgetSettings, ...] = ()  # per x-quotagate-session id
+    # a session's counters outlive its last request by this long
+    session_ttl: str = Field(default="24h", pattern=r"^[1-9]\d*(s|m|h|d)$")
 
 
 class KeySettings(_Frozen):

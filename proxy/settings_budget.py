@@ -78,6 +78,59 @@ class BudgetSettings(BaseModel):
         return out
 
 
+class SessionBudgetSettings(BaseModel):
+    """A budget for each session (``x-quotagate-session: ID``, an agent's run): over the session's life (no
+    ``window``: its counter lives until the team's ``session_ttl`` passes without a request), or per calendar
+    window within it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window: Window | None = None
+    tokens: int | None = Field(default=None, gt=0)
+    usd: Decimal | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> SessionBudgetSettings:
+        if (self.tokens is None) == (self.usd is None):
+            raise ValueError("give exactly one of `tokens` or `usd`")
+        return self
+
+    # what a refusal, a status and a downgrade read of any budget: a session budget has none of them
+    @property
+    def warn_at(self) -> None:
+        return None
+
+    @property
+    def downgrade_to(self) -> None:
+        return None
+
+    @property
+    def calendar(self) -> str:
+        return ""
+
+    @property
+    def unit(self) -> Literal["tokens", "usd"]:
+        return "tokens" if self.tokens is not None else "usd"
+
+    @property
+    def limit(self) -> int:
+        if self.tokens is not None:
+            return self.tokens
+        assert self.usd is not None
+        return int(self.usd * 1_000_000)
+
+
+_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+
+
+def duration_seconds(text: str) -> float:
+    """``90s``, ``30m``, ``24h``, ``7d`` in seconds (validated by the settings' pattern)."""
+    found = _DURATION.match(text)
+    if found is None:
+        raise ValueError(f"not a duration: {text!r} (give e.g. 30m, 24h, 7d)")
+    return int(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
+
+
 class RateLimitSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -39,6 +39,7 @@ LEVELS: dict[str, dict[str, Any]] = {
     "model": {
         "teams": {"t": {"model_limits": {"gpt-4o-mini": {"budgets": [{"window": "hour", "tokens": FIT * WORST}]}}}}
     },
+    "session": {"teams": {"t": {"session_budgets": [{"tokens": FIT * WORST}]}}},
     "three at once": {  # the end user binds first, then the tag, then the model: the tightest wins
         "teams": {
             "t": {
@@ -49,7 +50,7 @@ LEVELS: dict[str, dict[str, Any]] = {
         }
     },
 }
-SUBJECT = Subject("u-1", ("checkout", "beta"), "gpt-4o-mini")
+SUBJECT = Subject("u-1", ("checkout", "beta"), "gpt-4o-mini", "run-42")
 
 
 def account(store: Store, clock: Clock, level: str) -> Accountant:  # noqa: F811
@@ -87,6 +88,7 @@ async def test_200_concurrent_requests_admit_exactly_what_fits(store: Store, clo
         ("explicit end user", "The budget of end user 'u-1' in team 't' for this week"),
         ("tag", "The budget of tag 'checkout' in team 't' for this day"),
         ("model", "The budget of model 'gpt-4o-mini' in team 't' for this hour"),
+        ("session", "The budget of session 'run-42' in team 't' for this session"),
     ],
 )
 async def test_a_refusal_names_the_level_and_the_entity(store: Store, clock: Clock, level: str, words: str) -> None:  # noqa: F811
@@ -157,3 +159,43 @@ async def test_metadata_tags_count_as_tags(tmp_path: Path) -> None:
         assert r.status_code == 400 and r.json()["error"]["code"] == "tag_not_allowed"
         rows = await gw.new_rows()
     assert [row.tags for row in rows] == ["checkout,ranking", "ranking", "free-lunch"]
+
+
+async def test_a_session_budget_lasts_the_session_and_expires_after_its_ttl(store: Store, clock: Clock) -> None:  # noqa: F811
+    """No window: one counter for the session's life, across days, gone once ``session_ttl`` passes without a
+    request; another session has its own."""
+    teams = {"t": {"session_budgets": [{"tokens": 100}], "session_ttl": "2h"}}
+    acct = accountant(store, clock, teams=teams, keys=[{"team": "t", "key": KEY}])
+    run = Subject(None, (), "gpt-4o-mini", "run-1")
+
+    async def spend(tokens: int, subject: Subject = run) -> None:
+        res = await acct.reserve("t", DIGEST, "gpt-4o-mini", tokens, 0, meta(), subject)
+        assert res is not None
+        await acct.settle(res, tokens, 0)
+
+    await spend(60)
+    clock.t += 90 * 60  # an hour and a half later (the UTC day may have turned): the same session budget
+    with pytest.raises(BudgetExceeded) as e:
+        await spend(41)
+    assert "for this session (100 tokens)" in e.value.message
+    await spend(40)
+    await spend(100, Subject(None, (), "gpt-4o-mini", "run-2"))  # another run: its own budget
+    clock.t += 2 * 3600 + 1  # two hours without a request: the session's counter is gone
+    await spend(100)
+
+
+async def test_a_session_header_is_held_by_the_session_budget(tmp_path: Path) -> None:
+    search = {"session_budgets": [{"tokens": 30}], "session_ttl": "1h"}
+    teams = {**config("", "", "")["teams"], "search": search}
+    async with running(tmp_path, "memory", teams=teams) as gw:
+        gw.provider.on("/v1/chat/completions", json_reply(chat_answer("ok", 9, 2)))
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+        run = {"x-quotagate-session": "agent-run-7"}
+        assert (await gw.post("/v1/chat/completions", body, headers=run)).status_code == 200
+        r = await gw.post("/v1/chat/completions", body, headers=run)  # 11 used + 28 > 30
+        assert r.status_code == 429
+        assert "The budget of session 'agent-run-7' in team 'search' for this session" in r.json()["error"]["message"]
+        assert (
+            await gw.post("/v1/chat/completions", body, headers={"x-quotagate-session": "run-8"})
+        ).status_code == 200
+        assert (await gw.post("/v1/chat/completions", body)).status_code == 200  # no session: other levels only
