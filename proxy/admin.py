@@ -13,7 +13,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Collection
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from .auth import KeyRing
 from .budgets import BudgetsInForce
 from .errors import AuthenticationError, InvalidRequest, NotFound, ProxyError, render
-from .settings import BudgetSettings, Settings, duplicate_budget, duplicate_budget_message, hash_key
+from .settings import BudgetSettings, Settings, Window, duplicate_budget, duplicate_budget_message, hash_key
 from .store.base import KeyRecord, UsageRow
 from .units import rfc3339, usd
 from .values import value
@@ -62,6 +62,13 @@ class Budgets(BaseModel):
     """A team's budgets, each as in the config's ``budgets:`` (window, tokens | usd, warn_at, downgrade_to)."""
 
     budgets: list[dict[str, Any]]
+
+
+class BudgetReset(BaseModel):
+    """Which of a team's budgets to start over: every one on ``window``, or only that ``unit``'s."""
+
+    window: Window
+    unit: Literal["tokens", "usd"] | None = None
 
 
 def new_key() -> str:
@@ -195,6 +202,14 @@ class _Routes:
         await self.svc.budgets.set_override(team, _budgets_given(body, self.svc.settings.models))
         return await self.get_budgets(team)
 
+    async def reset_budgets(self, team: str, body: BudgetReset) -> dict[str, Any]:
+        """Start the team's budgets on a window (and unit) over, without moving the window."""
+        self.team_or_404(team)
+        if not await self.svc.budgets.reset(team, body.window, body.unit):
+            what = f"{body.window} {body.unit}" if body.unit else body.window
+            raise InvalidRequest(f"team {team!r} has no {what} budget in force", param="window")
+        return await self.get_budgets(team)
+
     async def post_key(self, body: NewKey) -> dict[str, Any]:
         key, record = await create_key(self.svc, body.team, body.name)
         return {"key": key, "sha256": record.sha256, "team": record.team, "name": record.name}
@@ -231,6 +246,7 @@ def admin_app(svc: AdminServices) -> FastAPI:
     app.add_api_route("/admin/usage", r.usage, methods=["GET"], dependencies=guarded)
     app.add_api_route("/admin/teams/{team}/budgets", r.get_budgets, methods=["GET"], dependencies=guarded)
     app.add_api_route("/admin/teams/{team}/budgets", r.put_budgets, methods=["PUT"], dependencies=guarded)
+    app.add_api_route("/admin/teams/{team}/budgets/reset", r.reset_budgets, methods=["POST"], dependencies=guarded)
     app.add_api_route("/admin/keys", r.post_key, methods=["POST"], dependencies=guarded, status_code=201)
     app.add_api_route("/admin/keys", r.list_keys, methods=["GET"], dependencies=guarded)
     app.add_api_route("/admin/keys/{sha256}", r.revoke_key, methods=["DELETE"], dependencies=guarded)

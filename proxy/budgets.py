@@ -15,7 +15,7 @@ from typing import Any
 
 from .limits import Limit, Subject, Unit, limits_for, subject_limits
 from .settings import BudgetSettings, KeySettings, RateLimitSettings, Settings, Window
-from .store.base import CounterValue, Store
+from .store.base import CounterValue, Store, hash_tag
 from .units import rfc3339, usd
 from .values import value
 
@@ -189,6 +189,22 @@ class BudgetsInForce:
             v = values.get(lim.key, CounterValue())
             out.append(BudgetSample(team, lim.window or "", lim.unit, lim.limit, v.used, v.reserved))
         return out
+
+    async def reset(self, team: str, window: Window, unit: Unit | None = None) -> int:
+        """Start a team's budgets on ``window`` (and ``unit``) over in their current window, which does not move:
+        what they used goes back to zero, what requests in flight hold stays held. Relative (``used -= what
+        was read``, one atomic add per store), so a request settling meanwhile stays charged. Returns how many
+        budgets matched."""
+        lims = [
+            lim
+            for lim in self.limits(team, "", self._clock())
+            if lim.budget is not None and lim.scope == "team" and lim.window == window and unit in (None, lim.unit)
+        ]
+        values = await self._store.counters([lim.key for lim in lims]) if lims else {}
+        back = {lim.key: -values[lim.key].used for lim in lims if lim.key in values and values[lim.key].used}
+        if back:
+            await self._store.add_usage(hash_tag(team), back, {lim.key: lim.hold(0).expires_at for lim in lims})
+        return len(lims)
 
     async def budget_status(self, team: str, key_digest: str = "") -> list[BudgetStatus]:
         """Every budget of a team (and of one of its keys): limit, used, held, remaining, window end."""

@@ -314,6 +314,14 @@ def test_budgets_show_and_set(outside: Path, config: Path) -> None:
     ghost = cli("budgets", "show", "--team", "ghost", cwd=outside, env=env)
     assert ghost.returncode == 1 and "unknown team" in ghost.stderr
 
+    out = ok(cli("budgets", "reset", "--team", "t1", "--window", "day", "--unit", "tokens", cwd=outside, env=env))
+    assert "start over now" in out
+    rows = json.loads(ok(cli("budgets", "show", "--team", "t1", "--format", "json", cwd=outside, env=env)))
+    day = next(r for r in rows if r["key"] is None and r["window"] == "day" and r["unit"] == "tokens")
+    assert (day["used"], day["reserved"]) == (0, 50_000)  # what is in flight stays held
+    none = cli("budgets", "reset", "--team", "t1", "--window", "quarter", cwd=outside, env=env)
+    assert none.returncode == 1 and "no quarter budget" in none.stderr
+
 
 def test_dashboards_writes_a_local_prometheus_and_grafana_setup(outside: Path) -> None:
     out = ok(

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from ..budgets import BudgetsInForce
-from ..settings import BudgetSettings, Settings
+from ..settings import BudgetSettings, Settings, Window
 from ..store.base import Store
 from ..units import human_amount
 from .common import add_config_option, add_format_option, emit, fail, known_team, load_or_exit, with_store
@@ -69,6 +69,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+WINDOWS = get_args(Window)
+
+
 def _amount(text: str) -> Decimal:
     try:
         return Decimal(text)
@@ -105,9 +108,23 @@ def cmd_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reset(args: argparse.Namespace) -> int:
+    _, settings = load_or_exit(args.config)
+    team = known_team(settings, args.team)
+    assert team is not None
+
+    async def reset(store: Store) -> int:
+        return await (await _budgets(settings, store)).reset(team, args.window, args.unit)
+
+    if not with_store(settings, reset):
+        fail(f"team {team} has no {args.window}{' ' + args.unit if args.unit else ''} budget in force")
+    print(f"team {team}: {args.window} budgets start over now (the window does not move; held amounts stay held)")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = sub.add_parser("budgets", help="show budgets (limit, used, held, remaining, resets at); set overrides")
-    bsub = b.add_subparsers(dest="budgets_command", required=True, metavar="{show,set}")
+    bsub = b.add_subparsers(dest="budgets_command", required=True, metavar="{show,set,reset}")
 
     s = bsub.add_parser("show", help="every budget in force, in its unit, with human numbers")
     s.add_argument("--team", help="only this team (default: every team)")
@@ -122,9 +139,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "Written to the store as a runtime override, which wins over the config's budgets.",
     )
     t.add_argument("--team", required=True, help="the team (declared under `teams:`)")
-    t.add_argument(
-        "--window", required=True, choices=("minute", "hour", "day", "week", "month"), help="calendar window, UTC"
-    )
+    t.add_argument("--window", required=True, choices=WINDOWS, help="calendar window, UTC")
     unit = t.add_mutually_exclusive_group(required=True)
     unit.add_argument("--usd", type=_amount, help="limit in dollars, e.g. 50 or 12.5 (required: this or --tokens)")
     unit.add_argument("--tokens", type=int, help="limit in tokens (required: this or --usd)")
@@ -132,3 +147,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     t.add_argument("--downgrade-to", metavar="MODEL", help="cheaper model to serve with past --warn-at (default: none)")
     add_config_option(t)
     t.set_defaults(fn=cmd_set)
+
+    r = bsub.add_parser(
+        "reset",
+        help="start a team's budgets on a window over, now (same as POST /admin/teams/{team}/budgets/reset)",
+        description="What the team's budgets on this window used in the current window goes back to zero; the "
+        "window does not move, and what requests in flight hold stays held.",
+    )
+    r.add_argument("--team", required=True, help="the team (declared under `teams:`)")
+    r.add_argument("--window", required=True, choices=WINDOWS, help="the budgets' window")
+    r.add_argument("--unit", choices=("tokens", "usd"), help="only the budget in this unit (default: both)")
+    add_config_option(r)
+    r.set_defaults(fn=cmd_reset)
