@@ -14,10 +14,11 @@ import pytest
 
 from proxy.errors import BudgetExceeded, RateLimited
 from proxy.limits import Subject
+from proxy.pricing import price_of
 from proxy.settle import Accountant
 from proxy.store.base import Store
 from tests.inprocess import KEYS, chat_answer, config, json_reply, running
-from tests.test_settle import DIGEST, KEY, Clock, accountant, clock, meta, store  # noqa: F401 (fixtures)
+from tests.test_settle import DIGEST, KEY, Clock, accountant, clock, meta, settings, store  # noqa: F401 (fixtures)
 
 WORST = 10  # tokens each request reserves
 FIT = 37  # requests a binding limit admits: its limit is FIT * WORST
@@ -199,3 +200,27 @@ async def test_a_session_header_is_held_by_the_session_budget(tmp_path: Path) ->
             await gw.post("/v1/chat/completions", body, headers={"x-quotagate-session": "run-8"})
         ).status_code == 200
         assert (await gw.post("/v1/chat/completions", body)).status_code == 200  # no session: other levels only
+
+
+async def test_a_zero_cost_model_spends_token_budgets_not_usd_ones(store: Store, clock: Clock) -> None:  # noqa: F811
+    """A self-hosted model priced at 0 (every model has a price: an unpriced one is a config error) is held
+    and charged by token budgets and never by USD budgets, at every level."""
+    teams = {
+        "t": {
+            "budgets": [{"window": "day", "tokens": 100}, {"window": "day", "usd": "0.000001"}],
+            "end_user_budgets": [{"window": "day", "usd": "0.000001"}],
+        }
+    }
+    models = {"local": {"provider": "p", "price": {"input": 0, "output": 0}}}
+    over: dict[str, Any] = {"teams": teams, "keys": [{"team": "t", "key": KEY}], "models": models}
+    acct = accountant(store, clock, **over)
+    worst = price_of(settings(**over).models["local"]).worst_case(60, 40)
+    assert worst == 0
+    res = await acct.reserve("t", DIGEST, "local", 100, worst, meta(), Subject("u-1", (), "local"))
+    assert res is not None
+    await acct.settle(res, 100, 0)
+    with pytest.raises(BudgetExceeded) as e:  # the token budget is spent; the USD ones never were
+        await acct.reserve("t", DIGEST, "local", 1, 0, meta(), Subject("u-1", (), "local"))
+    assert "(100 tokens)" in e.value.message
+    status = {(b.unit, b.scope): b.used for b in await acct.budgets.budget_status("t")}
+    assert status == {("tokens", "team"): 100, ("usd", "team"): 0}
