@@ -52,6 +52,18 @@ async def _load(url: str, body: dict[str, object], seconds: float, conns: int = 
     return done
 
 
+def chat_body(stream: bool) -> dict[str, object]:
+    """The small chat completion both A/B benches send."""
+    body: dict[str, object] = {
+        "model": FAST_MODEL,
+        "messages": [{"role": "user", "content": "hello there, please answer"}],
+        "max_tokens": 16,
+    }
+    if stream:
+        body["stream"] = True
+    return body
+
+
 def run_once(
     base: Baseline | None, stream: bool, seconds: float, tmp: Path, memory: bool
 ) -> tuple[float, float, float]:
@@ -78,13 +90,7 @@ def run_once(
         wait_ready(mock, upstream + "/v1/models", 20, lambda: "")
         wait_ready(gw, f"http://127.0.0.1:{gport}/healthz", 20, lambda: "")
         url = f"http://127.0.0.1:{gport}/v1/chat/completions"
-        body: dict[str, object] = {
-            "model": FAST_MODEL,
-            "messages": [{"role": "user", "content": "hello there, please answer"}],
-            "max_tokens": 16,
-        }
-        if stream:
-            body["stream"] = True
+        body = chat_body(stream)
         asyncio.run(_load(url, body, 2.0))
         before = _cpu_ticks(gw.pid)
         n = asyncio.run(_load(url, body, seconds))

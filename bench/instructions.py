@@ -34,8 +34,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.ab import chat_body  # noqa: E402
 from bench.baseline import prepare  # noqa: E402
-from bench.targets import FAST_MODEL, KEY, quotagate_config  # noqa: E402
+from bench.targets import KEY, quotagate_config  # noqa: E402
 from tests.gateway import free_port, wait_ready  # noqa: E402
 
 
@@ -76,13 +77,7 @@ def count(tree: Path, requests: int, store: str, stream: bool, tmp: Path) -> int
     try:
         wait_ready(mock, upstream + "/v1/models", 30, lambda: "")
         wait_ready(gw, f"http://127.0.0.1:{gport}/healthz", 600, lambda: "")
-        body: dict[str, object] = {
-            "model": FAST_MODEL,
-            "messages": [{"role": "user", "content": "hello there, please answer"}],
-            "max_tokens": 16,
-        }
-        if stream:
-            body["stream"] = True
+        body = chat_body(stream)
         asyncio.run(_send(f"http://127.0.0.1:{gport}/v1/chat/completions", body, requests))
     finally:
         gw.send_signal(signal.SIGTERM)

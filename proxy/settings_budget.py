@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,7 +23,31 @@ Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "satur
 WEEKDAYS: tuple[Weekday, ...] = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
-class BudgetSettings(BaseModel):
+class _Amount:
+    """A budget's amount, in exactly one unit: ``tokens``, or ``usd`` (read as integer micro-USD)."""
+
+    if TYPE_CHECKING:
+        tokens: int | None
+        usd: Decimal | None
+
+    def _check_amount(self) -> None:
+        if (self.tokens is None) == (self.usd is None):
+            raise ValueError("give exactly one of `tokens` or `usd`")
+
+    @property
+    def unit(self) -> Literal["tokens", "usd"]:
+        return "tokens" if self.tokens is not None else "usd"
+
+    @property
+    def limit(self) -> int:
+        """Tokens, or micro-USD."""
+        if self.tokens is not None:
+            return self.tokens
+        assert self.usd is not None
+        return int(self.usd * 1_000_000)
+
+
+class BudgetSettings(_Amount, BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     window: Window
@@ -37,8 +61,7 @@ class BudgetSettings(BaseModel):
 
     @model_validator(mode="after")
     def _one_unit(self) -> BudgetSettings:
-        if (self.tokens is None) == (self.usd is None):
-            raise ValueError("give exactly one of `tokens` or `usd`")
+        self._check_amount()
         if self.downgrade_to is not None and self.warn_at is None:
             raise ValueError("`downgrade_to` needs `warn_at` (the used fraction past which to downgrade)")
         if self.timezone is not None:
@@ -55,18 +78,6 @@ class BudgetSettings(BaseModel):
         return self
 
     @property
-    def unit(self) -> Literal["tokens", "usd"]:
-        return "tokens" if self.tokens is not None else "usd"
-
-    @property
-    def limit(self) -> int:
-        """Tokens, or micro-USD."""
-        if self.tokens is not None:
-            return self.tokens
-        assert self.usd is not None
-        return int(self.usd * 1_000_000)
-
-    @property
     def calendar(self) -> str:
         """What the counter's name adds for a calendar other than UTC's with Monday weeks and January
         quarters (``@Europe/Paris``, ``/sunday``, ``/q4``): another calendar, another counter."""
@@ -78,7 +89,7 @@ class BudgetSettings(BaseModel):
         return out
 
 
-class SessionBudgetSettings(BaseModel):
+class SessionBudgetSettings(_Amount, BaseModel):
     """A budget for each session (``x-quotagate-session: ID``, an agent's run): over the session's life (no
     ``window``: its counter lives until the team's ``session_ttl`` passes without a request), or per calendar
     window within it."""
@@ -91,8 +102,7 @@ class SessionBudgetSettings(BaseModel):
 
     @model_validator(mode="after")
     def _one_unit(self) -> SessionBudgetSettings:
-        if (self.tokens is None) == (self.usd is None):
-            raise ValueError("give exactly one of `tokens` or `usd`")
+        self._check_amount()
         return self
 
     # what a refusal, a status and a downgrade read of any budget: a session budget has none of them
@@ -107,17 +117,6 @@ class SessionBudgetSettings(BaseModel):
     @property
     def calendar(self) -> str:
         return ""
-
-    @property
-    def unit(self) -> Literal["tokens", "usd"]:
-        return "tokens" if self.tokens is not None else "usd"
-
-    @property
-    def limit(self) -> int:
-        if self.tokens is not None:
-            return self.tokens
-        assert self.usd is not None
-        return int(self.usd * 1_000_000)
 
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
