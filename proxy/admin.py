@@ -1,7 +1,8 @@
 """The admin HTTP API under /admin (FastAPI), guarded by ``admin_key``; off when none is configured.
 
 Read usage and remaining budgets per team and key, override a team's budgets at runtime (persisted in the
-store), create and revoke keys. Also builds the payload of the self-service ``GET /v1/usage``.
+store), create and revoke keys. Also builds the payload of the self-service ``GET /v1/usage`` (its ``levels``:
+proxy/usage_view.py).
 
 It is given the few services it uses (``AdminServices``), never the gateway: nothing here reaches the
 request path.
@@ -27,6 +28,7 @@ from .errors import AuthenticationError, InvalidRequest, NotFound, ProxyError, r
 from .settings import BudgetSettings, Settings, Window, duplicate_budget, duplicate_budget_message, hash_key
 from .store.base import KeyRecord, UsageRow
 from .units import rfc3339, usd
+from .usage_view import TOP_DEFAULT, LevelsView, TopSpenders, UsageQuery, usage_query
 from .values import value
 
 
@@ -38,8 +40,8 @@ class KeyStore(Protocol):
     async def list_keys(self, team: str | None = None) -> list[KeyRecord]: ...
 
 
-class UsageReads(Protocol):
-    """Ledger aggregates (the store)."""
+class UsageReads(TopSpenders, Protocol):
+    """Ledger aggregates (the ledger sink): usage per model, the top end users."""
 
     async def usage(self, since: float, team: str | None = None) -> list[UsageRow]: ...
 
@@ -85,9 +87,20 @@ async def create_key(svc: AdminServices, team: str, name: str | None) -> tuple[s
     return key, record
 
 
-async def usage_payload(svc: AdminServices, team: str, *, since: float) -> dict[str, Any]:
+async def usage_payload(
+    svc: AdminServices,
+    team: str,
+    *,
+    since: float,
+    query: UsageQuery = UsageQuery(),
+    caller: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """A team's usage per model since ``since`` and its budgets (``budgets``, ``keys``: the first fields, kept
+    as they were), then every level that applies (proxy/usage_view.py); ``caller``: the calling key's (name,
+    digest) on ``GET /v1/usage``."""
     rows = await svc.usage.usage(since, team)
     keys = [k for k in svc.settings.keys if k.team == team]
+    levels = await LevelsView(svc.settings, svc.budgets, svc.usage).levels(team, query, caller)
     return {
         "team": team,
         "since": rfc3339(since),
@@ -98,6 +111,7 @@ async def usage_payload(svc: AdminServices, team: str, *, since: float) -> dict[
             for k in keys
             if k.budgets
         },
+        **levels,
     }
 
 
@@ -183,10 +197,23 @@ class _Routes:
             raise NotFound(f"Unknown team '{team}'.", code="team_not_found")
         return team
 
-    async def usage(self, team: str | None = None, since_seconds: float = 7 * 86400) -> dict[str, Any]:
+    async def usage(
+        self,
+        team: str | None = None,
+        since_seconds: float = 7 * 86400,
+        end_user: str | None = None,
+        tag: str | None = None,
+        session: str | None = None,
+        top: int = TOP_DEFAULT,
+    ) -> dict[str, Any]:
+        """Every team's usage and levels (``team``: one team's); ``end_user`` / ``tag`` / ``session``: one
+        entity's status, within ``team`` (required with them)."""
+        query = usage_query(end_user, tag, session, top)
+        if team is None and query != UsageQuery(top=query.top):
+            raise InvalidRequest("end_user, tag and session name an entity of one team: give `team` too", param="team")
         teams = [self.team_or_404(team)] if team else list(self.svc.settings.teams)
         since = time.time() - since_seconds
-        return {"teams": [await usage_payload(self.svc, t, since=since) for t in teams]}
+        return {"teams": [await usage_payload(self.svc, t, since=since, query=query) for t in teams]}
 
     async def get_budgets(self, team: str) -> dict[str, Any]:
         self.team_or_404(team)

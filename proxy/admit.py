@@ -20,6 +20,7 @@ from .count import Counter, Estimate
 from .errors import BudgetExceeded, ProxyError
 from .ids import ids
 from .limits import Subject
+from .observed import Sizing
 from .parse import Endpoint, ParsedRequest, with_model
 from .precount import Precount
 from .pricing import Price, price_of
@@ -167,7 +168,8 @@ class Admitter:
         name: str,
         requested: str,
     ) -> tuple[Admission, Outbound]:
-        """Count, apply the team's caps and reserve the worst case for serving ``req`` with model ``name``."""
+        """Count, apply the team's caps and reserve the worst case (or, ``reserve: observed``, the observed
+        amount) for serving ``req`` with model ``name``."""
         model = self._s.models[name]
         upstream = model.upstream_model or name
         req.model = name
@@ -195,8 +197,9 @@ class Admitter:
                 req.stream, est.tokens, worst_tokens, worst_usd,
             )  # fmt: skip
             res = await self._accountant.reserve(
-                who.team, who.digest, name, worst_tokens, worst_usd, meta, _subject(arrival, req, name)
-            )
+                who.team, who.digest, name, worst_tokens, worst_usd, meta, _subject(arrival, req, name),
+                sizing=_sizing(price, req, est.tokens, cap.worst_case),
+            )  # fmt: skip
         except ProxyError as err:
             raise Refused(
                 err, _admission(arrival, who, req, model, est, trimmed, seed, price, None, sent_cap)
@@ -206,6 +209,7 @@ class Admitter:
             headers["x-quotagate-trimmed-tokens"] = str(trimmed)
         if res is not None:
             headers.update(res.headers)
+            headers["x-quotagate-reserved-tokens"] = str(res.reserved_tokens)
         return _admission(arrival, who, req, model, est, trimmed, seed, price, res, sent_cap), Outbound(
             req, model, headers
         )
@@ -213,9 +217,9 @@ class Admitter:
     def _price(self, name: str, req: ParsedRequest, who: Principal) -> Price:
         """The model's price; a service tier it has no price for is refused where a budget applies."""
         price = self._prices[name]
-        policy.check_service_tier(
-            name, price, req.service_tier, lambda: self._accountant.budgeted(who.team, who.digest)
-        )
+        budgeted = lambda: self._accountant.budgeted(who.team, who.digest)  # noqa: E731 (asked only when needed)
+        policy.check_priced(name, price, budgeted)
+        policy.check_service_tier(name, price, req.service_tier, budgeted)
         return price
 
     async def _count(
@@ -265,6 +269,18 @@ def _subject(arrival: Admission, req: ParsedRequest, model: str) -> Subject:
     """Who and what the request is for, for the end-user, tag and model limits of its team."""
     tags = tuple(arrival.tags.split(",")) if arrival.tags else ()
     return Subject(req.endpoint.protocol.end_user(req), tags, model, arrival.session)
+
+
+def _sizing(price: Price, req: ParsedRequest, input_tokens: int, output_cap: int) -> Sizing:
+    """What ``reserve: observed`` sizes a hold from: the counted input, the cap, and the worst-case price with
+    fewer output tokens (same tier and cache-write rules as the worst case: proxy/observed.py)."""
+
+    def micro_usd(output_tokens: int) -> int:
+        return price.worst_case(
+            input_tokens, output_tokens, cache_writes=req.cache_writes, service_tier=req.service_tier
+        )
+
+    return Sizing(input_tokens, output_cap, micro_usd)
 
 
 def _output_cap(

@@ -47,9 +47,10 @@ class BudgetStatus:
     used: int
     reserved: int  # held by requests in flight
     remaining: int
-    resets_at: float  # epoch seconds: the end of the window
+    resets_at: float  # epoch seconds: the end of the window (a rolling one: when its oldest usage is freed)
     warn_at: float | None
     downgrade_to: str | None
+    rolling: str | None = None  # a rolling budget's length (``24h``); window is None then
 
     @property
     def limit_usd(self) -> float | None:
@@ -75,6 +76,7 @@ class BudgetStatus:
         return {
             "scope": self.scope,
             "window": self.window,
+            "rolling": self.rolling,
             "unit": self.unit,
             "limit": self.limit,
             "used": self.used,
@@ -103,6 +105,7 @@ def status_of(lim: Limit, value: CounterValue) -> BudgetStatus:
         resets_at=lim.window_end,
         warn_at=b.warn_at if b is not None else None,
         downgrade_to=b.downgrade_to if b is not None else None,
+        rolling=lim.rolling or None,
     )
 
 
@@ -157,8 +160,18 @@ class BudgetsInForce:
         return hit + subject_limits(team, t, subject, now)
 
     def budgeted(self, team: str, key_digest: str) -> bool:
-        """A budget (of the team, runtime overrides included, or of the key) applies to its requests."""
-        return any(lim.budget is not None for lim in self.limits(team, key_digest, self._clock()))
+        """A budget (of the org, of the team, runtime overrides included, or of the key) applies to its
+        requests, or may (the team budgets some of its end users, tags, models or sessions)."""
+        if any(lim.budget is not None for lim in self.limits(team, key_digest, self._clock())):
+            return True
+        t = self._s.teams.get(team)
+        return t is not None and bool(
+            t.end_user_budgets
+            or any(level.budgets for level in t.end_users.values())
+            or t.tags.budgets
+            or any(level.budgets for level in t.model_limits.values())
+            or t.session_budgets
+        )
 
     def _build_limits(self, team: str, key_digest: str, now: float) -> list[Limit]:
         t = self._s.teams.get(team)
@@ -181,13 +194,14 @@ class BudgetsInForce:
             (team, lim)
             for team in self._s.teams
             for lim in self.limits(team, "", now)
-            if lim.budget is not None and lim.scope == "team"
+            if lim.budget is not None and lim.scope == "team" and not lim.shadow
         ]
         values = await self._store.counters([lim.key for _, lim in lims]) if lims else {}
         out: list[BudgetSample] = []
         for team, lim in lims:
             v = values.get(lim.key, CounterValue())
-            out.append(BudgetSample(team, lim.window or "", lim.unit, lim.limit, v.used, v.reserved))
+            window = lim.window or f"rolling_{lim.rolling}"
+            out.append(BudgetSample(team, window, lim.unit, lim.limit, v.used, v.reserved))
         return out
 
     async def reset(self, team: str, window: Window, unit: Unit | None = None) -> int:
@@ -208,6 +222,17 @@ class BudgetsInForce:
 
     async def budget_status(self, team: str, key_digest: str = "") -> list[BudgetStatus]:
         """Every budget of a team (and of one of its keys): limit, used, held, remaining, window end."""
-        lims = [lim for lim in self.limits(team, key_digest, self._clock()) if lim.budget is not None]
+        lims = self.limits(team, key_digest, self._clock())
+        lims = [lim for lim in lims if lim.budget is not None and not lim.shadow]
         values = await self._store.counters([lim.key for lim in lims]) if lims else {}
+        return [status_of(lim, values.get(lim.key, CounterValue())) for lim in lims]
+
+    # the levels view (proxy/usage_view.py): any limits' status, by the clock the limits in force are built by
+
+    def now(self) -> float:
+        return self._clock()
+
+    async def statuses(self, lims: Sequence[Limit]) -> list[BudgetStatus]:
+        """The status of each of ``lims`` (budgets and rate limits alike), in one store round trip."""
+        values = await self._store.counters(list(dict.fromkeys(lim.key for lim in lims))) if lims else {}
         return [status_of(lim, values.get(lim.key, CounterValue())) for lim in lims]

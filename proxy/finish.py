@@ -102,14 +102,15 @@ class Finisher:
     async def _settle_and_record(
         self, adm: Admission, relayed: Relayed, used: Usage, cost: int, charged: bool, parts: dict[str, int] | None
     ) -> None:
-        if adm.reservation is not None:
-            await self._accountant.settle(adm.reservation, used.total, cost)
+        if adm.reservation is not None:  # a whole answer's output teaches the observed reservations
+            whole = used.output if relayed.outcome == "ok" else None
+            await self._accountant.settle(adm.reservation, used.total, cost, whole)
         request_finished(adm, relayed, cost, self._s.providers)
-        self._ledger.append(_record(adm, relayed, cost, charged=charged))
+        self._ledger.append(_record(adm, relayed, cost, charged=charged, charged_tokens=used.total))
         self._metrics.record(_observed(adm, relayed, used, cost, parts))
 
 
-def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRecord:
+def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool, charged_tokens: int = 0) -> LedgerRecord:
     est = adm.estimate
     parts = est.parts if est is not None else None
     ms = 1000.0
@@ -153,6 +154,7 @@ def _record(adm: Admission, r: Relayed, cost: int, *, charged: bool) -> LedgerRe
         price_version=adm.price.version if adm.price is not None else None,
         end_user=adm.end_user,
         tags=adm.tags,
+        charged_tokens=charged_tokens,  # what settle charged the token counters: used.total
     )
 
 

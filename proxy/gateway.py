@@ -25,16 +25,21 @@ from .admin import AdminServices
 from .auth import KeyRing
 from .budgets import BudgetsInForce
 from .count import Counter
+from .drift import Reconciler
 from .errors import StoreUnavailable
 from .ledger import Ledger, spill_dir
 from .ledger_sink import LedgerSink, copy_stream, ledger_sink, start_sink
 from .limits import tag
 from .metrics import Metrics
+from .metrics_drift import DriftMetrics
+from .metrics_notify import NotifyMetrics
+from .notify import Notifier
 from .pipeline import Pipeline
 from .precount import Precount
 from .protocols import ENDPOINTS
 from .reaper import Reaper
 from .reservations import Reservations
+from .seed import Seeder
 from .settings import Settings
 from .settle import Accountant
 from .store import open_store
@@ -63,6 +68,9 @@ class Gateway:
     clock: Callable[[], float]
     precount: Precount
     sink: LedgerSink  # where the ledger is written and read: the store's, or ``ledger:`` (PostgreSQL)
+    notifier: Notifier | None = None  # budget threshold notifications (notify_at, ``notifications:``)
+    reconciler: Reconciler | None = None  # counters vs the ledger (``counters.reconcile_seconds``)
+    seeder: Seeder | None = None  # counters from the ledger after a store loss (``counters.seed_check_seconds``)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -103,6 +111,11 @@ class Gateway:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         self.background.append(asyncio.create_task(self.reaper.run(), name="quotagate-accounting"))
+        for checks, name in ((self.seeder, "quotagate-seed"), (self.reconciler, "quotagate-drift")):
+            if checks is not None:
+                self.background.append(asyncio.create_task(checks.run(), name=name))
+        if self.notifier is not None:
+            self.notifier.start(self.budgets)
 
     async def _copy_stream(self) -> None:
         await copy_stream(self.store, self.sink)  # the Redis ledger stream, into ``ledger:`` (if set)
@@ -117,6 +130,10 @@ class Gateway:
                 await t
         with contextlib.suppress(Exception):
             await self.reservations.reconcile()
+        with contextlib.suppress(Exception):  # what this process served, for the fleet's output histograms
+            await self.reservations.observed.flush()
+        if self.notifier is not None:
+            await self.notifier.stop()  # claims need the store: before it closes
         await self.ledger.close()
         await self.sink.close()
         await self.upstream.close()
@@ -162,6 +179,7 @@ def build_gateway(
         store = open_store(settings.store, clock=clock, ledger_stream_max_len=settings.ledger_stream_max_len)
     sink = ledger_sink(settings, store)
     local = open_store("memory://", clock=clock)
+    registry = registry if registry is not None else CollectorRegistry()  # shared with the notification metrics
     metrics = Metrics(
         teams=list(settings.teams),
         models={name: m.provider for name, m in settings.models.items()},
@@ -176,7 +194,9 @@ def build_gateway(
     )
     keyring = KeyRing(settings, store)
     counter = Counter()
-    accountant = Accountant(settings, store, local, clock=clock, on_reaped=ledger.append)
+    hooks = [w.label for w in settings.notifications.webhooks]
+    notifier = Notifier(settings, store, NotifyMetrics(registry, hooks), clock=clock)
+    accountant = Accountant(settings, store, local, clock=clock, on_reaped=ledger.append, watch=notifier.observe)
     upstream = Upstream(settings)
     tokenize.install(counter, settings, upstream)  # models with their own tokenizer get their own Counter
     holder: dict[str, Gateway] = {}
@@ -185,6 +205,7 @@ def build_gateway(
         holder["gw"].spawn(coro)
 
     precount = Precount(settings, upstream)
+    drift = DriftMetrics(registry)
     pipeline = Pipeline(settings, keyring, counter, accountant, upstream, ledger, metrics, spawn, precount)
     gw = holder["gw"] = Gateway(
         settings,
@@ -202,5 +223,10 @@ def build_gateway(
         clock,
         precount,
         sink,
+        notifier=notifier,
+        reconciler=Reconciler(
+            settings, store, sink, accountant.budgets, drift, clock=clock, pending=lambda: ledger.pending
+        ),
+        seeder=Seeder(settings, store, sink, accountant.budgets, drift, clock=clock),
     )
     return gw

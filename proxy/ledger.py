@@ -48,6 +48,7 @@ from .errors import StoreUnavailable
 from .ledger_spill import BATCH, SpillFile
 from .ledger_spill import spill_dir as spill_dir  # where the app configures it
 from .metrics import Metrics
+from .pause import pause
 from .store.base import LedgerRecord
 
 log = logging.getLogger("quotagate.ledger")
@@ -255,7 +256,7 @@ class Ledger:
                 f.records = await asyncio.to_thread(spill.count_lines, f.path)
         while not self._closing:
             if self._writes.cause is not None:
-                await asyncio.sleep(self._flush_seconds)  # a full queue must not turn retries into a busy loop
+                await pause(self._flush_seconds)  # a full queue must not turn retries into a busy loop
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._flush_seconds)

@@ -2,9 +2,9 @@
 (``ledger: postgresql://...``). Chosen here, once, for the gateway and the CLI alike.
 
 ``ledger_sink(settings, store)`` is what ``Ledger`` writes to and what every ledger read (the pre-count
-relearning, ``quotagate usage``, ``keys list``'s last use, the admin usage) asks. With ``ledger:`` set it is
-a ``PostgresLedger``, opened and closed on its own; otherwise the store itself, behind a ``StoreLedger``
-whose open and close are the store's owner's business.
+relearning, ``quotagate usage``, ``keys list``'s last use, the admin usage, the top end users of
+``GET /v1/usage``) asks. With ``ledger:`` set it is a ``PostgresLedger``, opened and closed on its own;
+otherwise the store itself, behind a ``StoreLedger`` whose open and close are the store's owner's business.
 
 ``copy_stream(store, sink)``: with a PostgreSQL ledger over a Redis store, the records the stream
 ``qg:ledger`` holds from before (or from a replica still on an older release) are copied into PostgreSQL
@@ -15,22 +15,28 @@ background, retrying (every 1 s, doubling up to 30 s) while either database is d
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Protocol
 
+from .pause import pause
 from .settings import Settings
 from .store.base import LedgerRecord, Store, UsageRow
+from .store.end_user_spend import EndUserSpend, SpendBy, top_end_users
 from .store.redis import RedisStore
+from .store.sqlite import SqliteStore
 
 log = logging.getLogger("quotagate.ledger")
+_ALL = 1 << 62  # no limit: every record since the window's start
 RETRY_SECONDS = (1.0, 30.0)  # the stream copy's wait after a failed page, doubling from the first to the second
 
 
 class LedgerReads(Protocol):
     async def usage(self, since: float, team: str | None = None) -> list[UsageRow]: ...
     async def ledger(self, since: float, team: str | None = None, limit: int = 1000) -> list[LedgerRecord]: ...
+    async def top_end_users(
+        self, team: str, since: float, limit: int = 10, by: SpendBy = "cost"
+    ) -> list[EndUserSpend]: ...
 
 
 class LedgerSink(LedgerReads, Protocol):
@@ -59,6 +65,13 @@ class StoreLedger:
 
     async def ledger(self, since: float, team: str | None = None, limit: int = 1000) -> list[LedgerRecord]:
         return await self.store.ledger(since, team, limit)
+
+    async def top_end_users(self, team: str, since: float, limit: int = 10, by: SpendBy = "cost") -> list[EndUserSpend]:
+        """SQLite ranks in SQL; memory and Redis from the team's records since ``since`` (Redis: a scan of the
+        stream from ``since`` on, as ``usage`` does; a PostgreSQL ``ledger:`` ranks in SQL)."""
+        if isinstance(self.store, SqliteStore):
+            return await self.store.top_end_users(team, since, limit, by)
+        return top_end_users(await self.store.ledger(since, team, limit=_ALL), limit, by)
 
 
 def ledger_sink(settings: Settings, store: Store) -> LedgerSink:
@@ -98,7 +111,7 @@ async def copy_stream(store: Store, sink: LedgerSink, *, page: int = 1000) -> in
             if not wait:
                 log.warning("ledger: copying the Redis ledger stream into the `ledger:` database waits: %s", e)
             wait = min(wait * 2, RETRY_SECONDS[1]) if wait else RETRY_SECONDS[0]
-            await asyncio.sleep(wait)
+            await pause(wait)
             continue
         wait = 0.0
         copied += len(entries)

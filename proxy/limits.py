@@ -21,7 +21,7 @@ A new window is a new key, so rollover needs no reset job; counters expire a day
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -68,7 +68,11 @@ def window_bounds(
 
 
 def budget_bounds(b: BudgetSettings, now: float) -> tuple[str, float, float]:
-    """The window of budget ``b`` containing ``now``, in its own calendar."""
+    """The window of budget ``b`` containing ``now``, in its own calendar; a rolling budget's: the trailing
+    span that ends now."""
+    if b.window is None:
+        assert b.rolling is not None
+        return f"rolling {b.rolling}", now - duration_seconds(b.rolling), now
     tz = ZoneInfo(b.timezone) if b.timezone else UTC
     return window_bounds(
         b.window, now, tz, week_start=WEEKDAYS.index(b.week_start), quarter_start_month=b.quarter_start_month
@@ -91,11 +95,13 @@ class Limit:
     scope: Scope
     budget: BudgetSettings | SessionBudgetSettings | None = None
     entity: str = ""  # the end user, tag or model of an end_user, tag or model limit; the team's name
+    rolling: str = ""  # a rolling budget's length (``24h``); window is None then
+    shadow: bool = False  # a rolling budget's later spans: held and charged like the first, never shown
 
     def hold(self, amount: int) -> Hold:
         if self.scope == "session" and self.window is None:  # a session's life: until session_ttl after its last use
             return Hold(self.key, self.limit, amount, self.window_end)
-        expires = 0.0 if self.window is None else self.window_end + _RETAIN
+        expires = 0.0 if self.window is None and not self.rolling else self.window_end + _RETAIN
         return Hold(self.key, self.limit, amount, expires, commit=self.unit != "concurrent")
 
 
@@ -175,6 +181,9 @@ def _level(
 ) -> list[Limit]:
     out: list[Limit] = []
     for b in budgets:
+        if b.rolling is not None:
+            out += rolling_limits(f"{prefix}:b:r{b.rolling}:{b.unit}", b, scope, entity, now)
+            continue
         wid, _, end = budget_bounds(b, now)
         key = f"{prefix}:b:{b.window}{b.calendar}:{b.unit}:{wid}"
         out.append(Limit(key, b.limit, b.unit, b.window, end, scope, b, entity))
@@ -189,8 +198,48 @@ def _level(
     return out
 
 
-def holds(limits: Iterable[Limit], worst_tokens: int, worst_micro_usd: int) -> tuple[Hold, ...]:
-    return tuple(lim.hold(amount_for(lim.unit, worst_tokens, worst_micro_usd)) for lim in limits)
+ROLLING_SPANS = 24  # a rolling window is followed in steps of a 24th of its length (whole minutes)
+
+
+def rolling_step(length: float) -> int:
+    """The step, in seconds, at which a rolling window of ``length`` seconds moves: a whole number of minutes
+    (so that the limits built once a minute stay right), about a 24th of the length."""
+    return max(int(length // ROLLING_SPANS) // 60, 1) * 60
+
+
+def rolling_limits(prefix: str, b: BudgetSettings, scope: Scope, entity: str, now: float) -> list[Limit]:
+    """A rolling budget of length W, in steps of s: one counter per span [j*s, j*s + W + s), each held to
+    the limit. A request at ``now`` falls in the spans starting at the n + 1 last steps (n = ceil(W / s))
+    and is held and charged on every one of them; any trailing span (t - W, t] lies inside one of them, so
+    no W-long span ever holds more than the limit. Usage is forgotten at most one step late, never early.
+    The first (oldest) span covers the trailing window now: it is the one shown, the others are shadows."""
+    assert b.rolling is not None
+    length = duration_seconds(b.rolling)
+    step = rolling_step(length)
+    spans = -(-int(length) // step)
+    last = int(now // step)
+    first = last - spans
+    return [
+        Limit(f"{prefix}:{j}", b.limit, b.unit, None, (j + spans + 1) * step, scope, b, entity, b.rolling, j != first)
+        for j in range(first, last + 1)
+    ]
+
+
+def holds(
+    limits: Iterable[Limit],
+    worst_tokens: int,
+    worst_micro_usd: int,
+    sized: Mapping[str, tuple[int, int]] | None = None,
+) -> tuple[Hold, ...]:
+    """The worst case on every limit, except those ``sized`` names (limit key -> (tokens, micro-USD)): the
+    limits in ``reserve: observed`` mode (proxy/observed.py)."""
+    if not sized:
+        return tuple(lim.hold(amount_for(lim.unit, worst_tokens, worst_micro_usd)) for lim in limits)
+    out: list[Hold] = []
+    for lim in limits:
+        tokens, micro_usd = sized.get(lim.key, (worst_tokens, worst_micro_usd))
+        out.append(lim.hold(amount_for(lim.unit, tokens, micro_usd)))
+    return tuple(out)
 
 
 def amount_for(unit: Unit, tokens: int, micro_usd: int) -> int:

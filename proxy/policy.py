@@ -19,7 +19,7 @@ from typing import Any
 from . import tiers
 from .errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 from .parse import Endpoint
-from .pricing import Price
+from .pricing import UNPRICED, Price
 from .protocols import ENDPOINTS
 from .settings import MODE_ENDPOINTS, ModelSettings, Settings, TeamSettings
 from .values import value
@@ -63,6 +63,20 @@ def check_mode(name: str, model: ModelSettings, endpoint: Endpoint) -> None:
         f"use it on {serves} (quotagate: models.{name}.mode).",
         param="model",
         code="model_not_supported",
+    )
+
+
+def check_priced(name: str, price: Price, budgeted: Callable[[], bool]) -> None:
+    """A model with no price (``unpriced_models: refuse``), for a request a budget governs: 400. Served, at a
+    cost of 0, where no budget applies."""
+    if price.version != UNPRICED or not budgeted():
+        return
+    raise InvalidRequest(
+        f"The model `{name}` has no price, and a budget applies to this request, so every request must be "
+        f"priced. Use a priced model, or have this one priced (quotagate: models.{name}.price: {{input, output}}; "
+        "0 for a self-hosted model).",
+        param="model",
+        code="model_not_priced",
     )
 
 

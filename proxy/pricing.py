@@ -131,10 +131,15 @@ def _pico(usd_per_million: Decimal) -> int:
     return int((usd_per_million * _PICO).to_integral_value(rounding=ROUND_CEILING))
 
 
+UNPRICED = "unpriced"  # the version of an unpriced model's price (``unpriced_models: refuse``)
+
+
 def price_of(model: ModelSettings) -> Price:
+    """The model's price; a model with none (``unpriced_models: refuse``) costs 0 and is versioned
+    ``unpriced``, so its ledger rows say so and a budgeted request for it is refused (proxy/policy.py)."""
     p = model.price
-    if p is None:  # settings refuse such a config; kept for type narrowing
-        raise ValueError("model has no price")
+    if p is None:
+        return Price(Rates(0, 0, 0), version=UNPRICED)
     lc = model.long_context
     tiers = tuple((name, _price(t, lc)) for name, t in sorted(p.tiers.items()))
     return replace(_price(p, lc), tiers=tiers, version=price_version(model))

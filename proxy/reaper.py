@@ -1,10 +1,10 @@
 """The accounting background loop of every process: replay what could not be written while the store was
-away, re-read the budget overrides any process set, and reap the leases whose process died before
+away, re-read the budget overrides any process set, add this process' output histograms to the store and
+re-read the fleet's (proxy/observed_outputs.py), and reap the leases whose process died before
 settling (charged in full, each recorded in the ledger as ``lease_expired``)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from .budgets import BudgetsInForce
 from .errors import StoreUnavailable
 from .limits import tag
+from .pause import pause
 from .reservations import LeaseMeta, Reservations
 from .settings import Settings
 from .store.base import Lease, LedgerRecord, Store
@@ -66,11 +67,12 @@ class Reaper:
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + reap_every
                     await self.reap()
+                await self._reservations.observed.tick()  # output histograms: flush, refresh quantiles
             except StoreUnavailable:
                 pass  # try again on the next tick; nothing is dropped
             except Exception:
                 log.exception("accounting background task")
-            await asyncio.sleep(interval)
+            await pause(interval)
 
 
 def _reaped_record(lease: Lease) -> LedgerRecord:
@@ -96,4 +98,5 @@ def _reaped_record(lease: Lease) -> LedgerRecord:
         latency_ms=None,
         ttft_ms=None,
         error="lease expired unsettled (replica died?): charged the full reservation",
+        charged_tokens=m.worst_tokens,  # reap commits every hold in full: tokens counters held worst_tokens
     )

@@ -29,7 +29,7 @@ def _retry_after(wait: float) -> dict[str, str]:
 
 
 def _wait(lim: Limit, now: float) -> float:
-    return max(lim.window_end - now, 0.0) if lim.window else 1.0
+    return max(lim.window_end - now, 0.0) if lim.window or lim.rolling else 1.0
 
 
 def _budget_refusal(team: str, lim: Limit, d: Denied, now: float) -> ProxyError:
@@ -42,12 +42,20 @@ def _budget_refusal(team: str, lim: Limit, d: Denied, now: float) -> ProxyError:
 
     return BudgetExceeded(
         "You exceeded your current quota, please check your plan and billing details. "
-        f"{_whose(lim, team)} for this {lim.window or 'session'} ({what}) cannot cover this "
+        f"{_whose(lim, team)} for {_period(lim)} ({what}) cannot cover this "
         f"request: used {amount(d.used)}, held by requests in flight {amount(d.reserved)}, this request "
-        f"needs up to {amount(d.hold.amount)}. The budget renews in {go_duration(wait)}.",
+        f"needs up to {amount(d.hold.amount)}. The budget {_renews(lim)} in {go_duration(wait)}.",
         headers=_retry_after(wait),
         downgrade_to=lim.budget.downgrade_to,
     )
+
+
+def _period(lim: Limit) -> str:
+    return f"any {lim.rolling}" if lim.rolling else f"this {lim.window or 'session'}"
+
+
+def _renews(lim: Limit) -> str:
+    return "frees what was used longest ago" if lim.rolling else "renews"
 
 
 def _whose(lim: Limit, team: str) -> str:
@@ -131,7 +139,8 @@ def refusal_limit(lim: Limit, d: Denied) -> str:
     scope = f"{lim.scope} {lim.entity}" if lim.scope in _LEVEL else lim.scope
     if lim.unit == "concurrent":
         return f"concurrent {scope} {d.reserved}/{lim.limit} in flight"
-    what = f"budget {scope} {lim.window} {lim.unit}" if lim.budget is not None else f"{scope} "
+    period = lim.window or f"rolling {lim.rolling}"
+    what = f"budget {scope} {period} {lim.unit}" if lim.budget is not None else f"{scope} "
     if lim.budget is None:
         what += "tpm" if lim.unit == "tokens" else "rpm"
     return f"{what} used {h(d.used)}/{h(lim.limit)} held {h(d.reserved)} asked {h(d.hold.amount)}"

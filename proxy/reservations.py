@@ -28,6 +28,8 @@ from .budgets import BudgetsInForce
 from .errors import StoreUnavailable
 from .ids import ids
 from .limits import Limit, Subject, charges, holds, tag
+from .observed import Sizing, largest_hold, observed_holds
+from .observed_outputs import ObservedOutputs
 from .refusals import denial, rate_limit_headers
 from .settings import BudgetSettings, Settings
 from .store.base import Admitted, Denied, Lease, Store
@@ -35,6 +37,8 @@ from .values import value
 
 log = logging.getLogger("quotagate.settle")
 _SEEN_MAX = 100_000  # window keys roll over; past this many, drop the old ones wholesale
+# (team, key digest, the limits in force, the store's answer): called on the hot path, so it must not block
+Watch = Callable[[str, str, Sequence[Limit], Admitted | Denied], None]
 
 
 @value
@@ -97,6 +101,9 @@ class Reservation:
     local: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     past_warn: BudgetSettings | None = None  # a budget with downgrade_to whose used share, per this answer, >= warn_at
+    team: str = ""  # whose output histogram a served request adds to (proxy/observed.py)
+    model: str = ""
+    reserved_tokens: int = 0  # x-quotagate-reserved-tokens: the largest token or USD hold, in tokens (observed.py)
 
 
 class Reservations:
@@ -108,17 +115,20 @@ class Reservations:
         budgets: BudgetsInForce,
         *,
         clock: Callable[[], float] = time.time,
+        watch: Watch | None = None,
     ) -> None:
         self._s = settings
         self._store = store
         self._local = local
         self._budgets = budgets
         self._clock = clock
+        self._watch = watch  # shown every answer of the shared store (proxy/notify.py: threshold crossings)
         self._ids = ids("l-")
         self._pending_usage: list[tuple[str, dict[str, int], dict[str, float]]] = []
         self._pending_settles: list[tuple[str, str, dict[str, int]]] = []
         # counter key -> committed usage last seen in a reserve answer (plus what this process settled since)
         self._seen_used: dict[str, int] = {}
+        self.observed = ObservedOutputs(settings, store, clock=clock)  # flushed/refreshed by the reaper loop
 
     async def reserve(
         self,
@@ -129,8 +139,11 @@ class Reservations:
         worst_micro_usd: int,
         meta: LeaseMeta | Mapping[str, Any],
         subject: Subject | None = None,
+        *,
+        sizing: Sizing | None = None,
     ) -> Reservation | None:
-        """Hold the worst case on every limit in force (the request's ``subject`` included: its end user,
+        """Hold the worst case on every limit in force (the observed amount on those in ``reserve: observed``
+        mode, given the request's ``sizing``: proxy/observed.py) (the request's ``subject`` included: its end user,
         tags and model), all or nothing; None when no limit applies.
 
         Raises the refusal (BudgetExceeded, RateLimited) or, ``on_store_error: closed``, StoreUnavailable."""
@@ -140,7 +153,11 @@ class Reservations:
             return None
         body = meta.to_json() if isinstance(meta, LeaseMeta) else meta
         expires = now + self._s.lease_seconds
-        lease = Lease(next(self._ids), tag(team), holds(lims, worst_tokens, worst_micro_usd), expires, body)
+        sized = self._sized(team, model, lims, sizing) if sizing is not None else {}
+        top = largest_hold(lims, (worst_tokens, worst_micro_usd), sized)
+        if sized and top is not None:  # what the reaper records for a lease left unsettled: its largest hold
+            body = {**body, "worst_tokens": top[0], "worst_micro_usd": top[1]}
+        lease = Lease(next(self._ids), tag(team), holds(lims, worst_tokens, worst_micro_usd, sized), expires, body)
         local = False
         try:
             result = await self._store.reserve(lease)
@@ -154,13 +171,24 @@ class Reservations:
             log.warning("store unreachable: admitting on the local store (on_store_error: open)")
             result = await self._local.reserve(lease)
             local = True
+        if self._watch is not None and not local:
+            self._watch(team, key_digest, lims, result)
         if isinstance(result, Denied):
             raise denial(team, model, lims, result, now)
         past = self._observe(lims, result, model)
-        return Reservation(lease.id, lease.hash_tag, tuple(lims), local, rate_limit_headers(lims, result, now), past)
+        headers = rate_limit_headers(lims, result, now)
+        held = top[0] if top is not None else 0
+        return Reservation(lease.id, lease.hash_tag, tuple(lims), local, headers, past, team, model, held)
 
-    async def settle(self, res: Reservation, tokens: int, micro_usd: int) -> None:
-        """Commit what was used on every counter the reservation holds, release the rest."""
+    def _sized(self, team: str, model: str, lims: Sequence[Limit], sizing: Sizing) -> dict[str, tuple[int, int]]:
+        """The observed holds (limit key -> tokens, micro-USD) of the limits in observed mode; no I/O."""
+        return observed_holds(lims, self._s.teams.get(team), sizing, lambda: self.observed.output(team, model))
+
+    async def settle(self, res: Reservation, tokens: int, micro_usd: int, output_tokens: int | None = None) -> None:
+        """Commit what was used on every counter the reservation holds, release the rest; ``output_tokens``
+        (a request served to its end) go into the output histogram of its team and model."""
+        if output_tokens is not None and res.team:
+            self.observed.record(res.team, res.model, output_tokens)
         ch = charges(res.limits, tokens, micro_usd)
         if res.local:
             await self._local.settle(res.lease_id, res.hash_tag, ch)

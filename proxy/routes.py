@@ -12,10 +12,11 @@ import orjson
 from .admin import admin_app, usage_payload
 from .asgi import DEPLOYMENT, Receive, Scope, Send, respond
 from .auth import key_from_headers
-from .errors import NotFound, ProxyError, StoreUnavailable, render
+from .errors import NotFound, ProxyError, render
 from .gateway import Gateway
 from .objects import Ownership, StatefulRoutes, match, model_entry
 from .protocols import ENDPOINTS
+from .usage_view import parse_usage_query
 
 
 class Router:
@@ -98,11 +99,11 @@ class Router:
         }
 
     async def _usage(self, scope: Scope) -> dict[str, Any]:
-        team = await self._principal_team(scope)
-        try:
-            return await usage_payload(self.gw.admin, team, since=time.time() - 30 * 86400)
-        except StoreUnavailable:
-            raise
+        """The caller's team's usage and every level that applies to its key (a bad query: 400, after the key)."""
+        who = await self.gw.keyring.authenticate(key_from_headers(scope["headers"]))
+        query = parse_usage_query(scope.get("query_string", b""))
+        since = time.time() - 30 * 86400
+        return await usage_payload(self.gw.admin, who.team, since=since, query=query, caller=(who.key_name, who.digest))
 
     async def _json(self, send: Send, obj: Any, status: int = 200) -> None:
         await respond(send, status, {"content-type": "application/json"}, orjson.dumps(obj), "")

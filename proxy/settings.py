@@ -21,9 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .settings_budget import BudgetSettings as BudgetSettings  # re-exported: every layer imports it from here
 from .settings_budget import Level as Level
 from .settings_budget import RateLimitSettings as RateLimitSettings
+from .settings_budget import ReserveMode as ReserveMode
 from .settings_budget import SessionBudgetSettings as SessionBudgetSettings
 from .settings_budget import TagSettings as TagSettings
 from .settings_budget import Window as Window
+from .settings_drift import CounterCheckSettings as CounterCheckSettings
+from .settings_notify import NotificationSettings as NotificationSettings
 from .settings_raw import BUILTIN_PRICES as BUILTIN_PRICES  # re-exported: the CLI names the builtin table
 from .settings_raw import ConfigError as ConfigError  # re-exported: every caller catches it from here
 from .settings_raw import apply_price_table, interpolate, load_price_table, resolve_tokenizer_paths
@@ -171,6 +174,13 @@ class TeamSettings(_Frozen):
     session_budgets: tuple[SessionBudgetSettings, ...] = ()  # per x-quotagate-session id
     # a session's counters outlive its last request by this long
     session_ttl: str = Field(default="24h", pattern=r"^[1-9]\d*(s|m|h|d)$")
+    # reservations sized from observed output (proxy/observed.py): the default of the team's budgets (a
+    # budget's own `reserve` wins) and of its TPM limits; the quantile of the output tokens seen for the team
+    # and model over the trailing window, used once that window holds at least observed_min_samples
+    reserve: ReserveMode = "worst_case"
+    reserve_quantile: float = Field(default=0.99, gt=0, lt=1)
+    observed_window: str = Field(default="24h", pattern=r"^[1-9]\d*(s|m|h|d)$")
+    observed_min_samples: int = Field(default=100, ge=1)
 
 
 class KeySettings(_Frozen):
@@ -212,6 +222,9 @@ class Settings(_Frozen):
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     upstream_timeout_s: float = Field(default=600.0, gt=0)
     lease_seconds: float = Field(default=900.0, gt=0)
+    # a model with no price: a config error (every request priced), or served to requests no budget governs
+    # and refused (400 model_not_priced) to those a budget governs
+    unpriced_models: Literal["error", "refuse"] = "error"
     # where the ledger is written, when not in the store: ``postgresql://...`` (the fleet ledger, issue 12)
     ledger: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
     ledger_flush_seconds: float = Field(default=0.2, gt=0)
@@ -228,6 +241,8 @@ class Settings(_Frozen):
     org: Level = Level()  # applies to every request of every team
     teams: dict[str, TeamSettings] = Field(default_factory=dict)
     keys: tuple[KeySettings, ...] = ()
+    notifications: NotificationSettings = NotificationSettings()  # budget thresholds (notify_at), webhooks
+    counters: CounterCheckSettings = CounterCheckSettings()  # drift reconcile, seeding after a store loss
 
     @field_validator("store")
     @classmethod
@@ -244,11 +259,12 @@ class Settings(_Frozen):
             for i, other in enumerate(model.failover):
                 if other not in self.providers:
                     raise _PathError(("models", name, "failover", i), f"unknown provider {other!r}")
-            if model.price is None:
+            if model.price is None and self.unpriced_models == "error":
                 raise _PathError(
                     ("models", name, "price"),
                     "no price in the config or the price table; give `price: {input, output}` "
-                    "(0 for self-hosted models) so that every request can be priced",
+                    "(0 for self-hosted models) so that every request can be priced, or set "
+                    "`unpriced_models: refuse` to serve it only to requests no budget governs",
                 )
         for tname, team in self.teams.items():
             for i, m in enumerate(team.models or ()):
@@ -304,7 +320,7 @@ def duplicate_budget(budgets: Sequence[BudgetSettings]) -> tuple[int, int] | Non
     """
     seen: dict[tuple[str, str], int] = {}
     for i, b in enumerate(budgets):
-        first = seen.setdefault((b.window, b.unit), i)
+        first = seen.setdefault((b.period, b.unit), i)
         if first != i:
             return first, i
     return None
@@ -313,7 +329,7 @@ def duplicate_budget(budgets: Sequence[BudgetSettings]) -> tuple[int, int] | Non
 def duplicate_budget_message(budgets: Sequence[BudgetSettings], dup: tuple[int, int]) -> str:
     b = budgets[dup[1]]
     return (
-        f"duplicate budget (window {b.window}, unit {b.unit}) — budgets.{dup[0]} already sets it; "
+        f"duplicate budget (window {b.period}, unit {b.unit}) — budgets.{dup[0]} already sets it; "
         "give one budget per window and unit"
     )
 

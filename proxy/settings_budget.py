@@ -5,7 +5,8 @@ over a calendar window, and the calendar it follows), rate limits, and the level
 Windows align to the calendar of ``timezone`` (an IANA name; default UTC): a day starts at local midnight, so
 a day across a DST change lasts 23 or 25 hours. ``week`` windows start on ``week_start`` (default Monday),
 ``quarter`` windows on the first of ``quarter_start_month`` and every third month after it (a fiscal year
-starting in April: 4). Re-exported by proxy/settings.py.
+starting in April: 4). A ``rolling`` budget (``rolling: 24h``) limits any trailing span of that length
+instead of a calendar window (proxy/limits.py ``rolling_limits``). Re-exported by proxy/settings.py.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Window = Literal["minute", "hour", "day", "week", "month", "quarter"]
+ROLLING = r"^[1-9]\d*(m|h|d)$"  # a rolling window's length: whole minutes at least
 TAG_NAME = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"  # a tag a budget or an allow-list names
 Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 WEEKDAYS: tuple[Weekday, ...] = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# how a budget is held before forwarding (proxy/observed.py): the worst case, or the output observed so far
+ReserveMode = Literal["worst_case", "observed"]
 
 
 class _Amount:
@@ -50,18 +54,26 @@ class _Amount:
 class BudgetSettings(_Amount, BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    window: Window
+    window: Window | None = None
+    rolling: str | None = Field(default=None, pattern=ROLLING)  # a trailing window (``24h``) instead of ``window``
     tokens: int | None = Field(default=None, gt=0)
     usd: Decimal | None = Field(default=None, gt=0)
     warn_at: float | None = Field(default=None, gt=0, lt=1)
     downgrade_to: str | None = None
+    # used fractions at which the budget's owners are notified, once per window each (proxy/notify.py)
+    notify_at: tuple[float, ...] = ()
     timezone: str | None = None  # IANA name; None: UTC
     week_start: Weekday = "monday"
     quarter_start_month: int = Field(default=1, ge=1, le=12)
+    reserve: ReserveMode | None = None  # None: the team's `reserve` (worst_case for org budgets)
 
     @model_validator(mode="after")
     def _one_unit(self) -> BudgetSettings:
         self._check_amount()
+        if (self.window is None) == (self.rolling is None):
+            raise ValueError("give exactly one of `window` (a calendar window) or `rolling` (a trailing one: 24h)")
+        if self.rolling is not None and self.timezone is not None:
+            raise ValueError("`timezone` applies to calendar windows (`window`), not to `rolling` ones")
         if self.downgrade_to is not None and self.warn_at is None:
             raise ValueError("`downgrade_to` needs `warn_at` (the used fraction past which to downgrade)")
         if self.timezone is not None:
@@ -76,6 +88,22 @@ class BudgetSettings(_Amount, BaseModel):
         if self.quarter_start_month != 1 and self.window != "quarter":
             raise ValueError("`quarter_start_month` applies to `window: quarter` only")
         return self
+
+    @field_validator("notify_at")
+    @classmethod
+    def _thresholds(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        return notify_thresholds(v)
+
+    @model_validator(mode="after")
+    def _notify_calendar(self) -> BudgetSettings:
+        if self.notify_at and self.window is None:
+            raise ValueError("`notify_at` applies to calendar windows (`window`), not to `rolling` ones")
+        return self
+
+    @property
+    def period(self) -> str:
+        """The window as config and messages name it: ``day``, or ``rolling 24h``."""
+        return self.window if self.window is not None else f"rolling {self.rolling}"
 
     @property
     def calendar(self) -> str:
@@ -117,6 +145,16 @@ class SessionBudgetSettings(_Amount, BaseModel):
     @property
     def calendar(self) -> str:
         return ""
+
+
+def notify_thresholds(v: tuple[float, ...]) -> tuple[float, ...]:
+    """``notify_at``: used fractions in (0, 1], each once, in ascending order."""
+    for f in v:
+        if not 0 < f <= 1:
+            raise ValueError(f"{f}: a threshold is a used fraction in (0, 1], e.g. 0.8 for 80%")
+    if len(set(v)) != len(v):
+        raise ValueError("each threshold once")
+    return tuple(sorted(v))
 
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")

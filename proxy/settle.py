@@ -22,9 +22,10 @@ from typing import Any
 from .budgets import BudgetsInForce
 from .ids import ids
 from .limits import Subject
+from .observed import Sizing
 from .reaper import Reaper
 from .refusals import refusal_limit
-from .reservations import LeaseMeta, Reservation, Reservations
+from .reservations import LeaseMeta, Reservation, Reservations, Watch
 from .settings import BudgetSettings, Settings
 from .store.base import LedgerRecord, Store
 
@@ -41,9 +42,10 @@ class Accountant:
         *,
         clock: Callable[[], float] = time.time,
         on_reaped: Callable[[LedgerRecord], None] | None = None,
+        watch: Watch | None = None,
     ) -> None:
         self.budgets = BudgetsInForce(settings, store, clock=clock)
-        self.reservations = Reservations(settings, store, local, self.budgets, clock=clock)
+        self.reservations = Reservations(settings, store, local, self.budgets, clock=clock, watch=watch)
         self.reaper = Reaper(settings, store, self.budgets, self.reservations, clock=clock, on_reaped=on_reaped)
 
     async def reserve(
@@ -55,11 +57,15 @@ class Accountant:
         worst_micro_usd: int,
         meta: LeaseMeta | Mapping[str, Any],
         subject: Subject | None = None,
+        *,
+        sizing: Sizing | None = None,
     ) -> Reservation | None:
-        return await self.reservations.reserve(team, key_digest, model, worst_tokens, worst_micro_usd, meta, subject)
+        return await self.reservations.reserve(
+            team, key_digest, model, worst_tokens, worst_micro_usd, meta, subject, sizing=sizing
+        )
 
-    async def settle(self, res: Reservation, tokens: int, micro_usd: int) -> None:
-        await self.reservations.settle(res, tokens, micro_usd)
+    async def settle(self, res: Reservation, tokens: int, micro_usd: int, output_tokens: int | None = None) -> None:
+        await self.reservations.settle(res, tokens, micro_usd, output_tokens)
 
     async def release(self, res: Reservation) -> None:
         await self.reservations.release(res)

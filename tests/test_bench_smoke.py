@@ -146,3 +146,23 @@ def test_current_over_baseline_is_paired_by_round() -> None:
     assert added["ratio"] == pytest.approx(0.4)  # the medians: (0.5, 0.4, 0.3) over (1, 1, 0)
     assert added["verdict"] == "better"
     assert rows["json1", "cpu_ms_per_req"]["verdict"] == "n/a"  # not measured: no ratio, no verdict
+
+
+def test_observed_reservations_bench_prints_its_table() -> None:
+    """bench/observed.py (README, "Reservations sized from observed output"), small: observed holds admit
+    more before the first refusal than the worst case, and neither commits past the limit by more than the
+    stated bound."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "observed.py"), "--requests", "400", "--budget", "200000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| 2")]
+    assert [r[1].strip() for r in rows] == ["worst_case", "observed p99", "observed p90"] * 2
+    for worst, p99, _ in (rows[:3], rows[3:]):
+        assert int(p99[2].replace(",", "")) > int(worst[2].replace(",", ""))  # admitted before the 1st refusal
+    for r in rows:
+        assert int(r[8].replace(",", "")) <= int(r[11].replace(",", ""))  # overshoot at end <= bound

@@ -41,6 +41,7 @@ LEVELS: dict[str, dict[str, Any]] = {
         "teams": {"t": {"model_limits": {"gpt-4o-mini": {"budgets": [{"window": "hour", "tokens": FIT * WORST}]}}}}
     },
     "session": {"teams": {"t": {"session_budgets": [{"tokens": FIT * WORST}]}}},
+    "rolling": {"teams": {"t": {"budgets": [{"rolling": "24h", "tokens": FIT * WORST}]}}},  # 25 counters at once
     "three at once": {  # the end user binds first, then the tag, then the model: the tightest wins
         "teams": {
             "t": {
@@ -90,6 +91,7 @@ async def test_200_concurrent_requests_admit_exactly_what_fits(store: Store, clo
         ("tag", "The budget of tag 'checkout' in team 't' for this day"),
         ("model", "The budget of model 'gpt-4o-mini' in team 't' for this hour"),
         ("session", "The budget of session 'run-42' in team 't' for this session"),
+        ("rolling", "The team budget of team 't' for any 24h"),
     ],
 )
 async def test_a_refusal_names_the_level_and_the_entity(store: Store, clock: Clock, level: str, words: str) -> None:  # noqa: F811
@@ -224,3 +226,43 @@ async def test_a_zero_cost_model_spends_token_budgets_not_usd_ones(store: Store,
     assert "(100 tokens)" in e.value.message
     status = {(b.unit, b.scope): b.used for b in await acct.budgets.budget_status("t")}
     assert status == {("tokens", "team"): 100, ("usd", "team"): 0}
+
+
+async def test_unknown_end_users_sessions_and_tags_escape_no_budget(store: Store, clock: Clock) -> None:  # noqa: F811
+    """A client that invents a new ``user``, session or (where tags are not restricted) tag for every request
+    still meets the team's budget, exactly, and each invented end user or session gets the team's default
+    budget for one, never none."""
+    acct = accountant(
+        store,
+        clock,
+        teams={
+            "t": {
+                "budgets": [{"window": "day", "tokens": FIT * WORST}],
+                "end_user_budgets": [{"window": "day", "tokens": 2 * WORST}],
+                "session_budgets": [{"tokens": 3 * WORST}],
+                "tags": {"budgets": {"checkout": [{"window": "day", "tokens": 10**9}]}},
+            }
+        },
+        keys=[{"team": "t", "key": KEY}],
+    )
+
+    async def one(i: int) -> bool:
+        who = Subject(f"user-{i}", (f"made-up-{i}",), "gpt-4o-mini", f"run-{i}")
+        try:
+            res = await acct.reserve("t", DIGEST, "gpt-4o-mini", WORST, 0, meta(request_id=f"r{i}"), who)
+        except BudgetExceeded:
+            return False
+        assert res is not None
+        await acct.settle(res, WORST, 0)
+        return True
+
+    assert sum(await asyncio.gather(*(one(i) for i in range(200)))) == FIT  # the team's budget, exactly
+    clock.t += 86_400  # a new day; the session's life budget (3) and an end user's day budget (2) still bind
+    stranger = Subject("stranger", (), "gpt-4o-mini", "run-new")
+    assert await acct.reserve("t", DIGEST, "gpt-4o-mini", 2 * WORST, 0, meta(), stranger) is not None
+    with pytest.raises(BudgetExceeded) as e:
+        await acct.reserve("t", DIGEST, "gpt-4o-mini", WORST, 0, meta(), stranger)
+    assert "end user 'stranger'" in e.value.message
+    with pytest.raises(BudgetExceeded) as e:  # another end user, the same session: the session's life budget
+        await acct.reserve("t", DIGEST, "gpt-4o-mini", 2 * WORST, 0, meta(), Subject("other", (), "", "run-new"))
+    assert "session 'run-new'" in e.value.message

@@ -12,6 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from proxy.metrics import Metrics, RequestOutcome
+from proxy.metrics_drift import DriftMetrics
 from tests import promtool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,9 @@ def exposed_names() -> set[str]:
                        0.001, {"system": 1, "tools": 1, "history": 1, "new": 7}, 3, 10, 11)
     )  # fmt: skip
     m.set_budget("a", "day", "usd", 10.0, 1.0)
+    drift = DriftMetrics(registry)
+    drift.tokens.labels("a", "team", "day").set(0)
+    drift.usd.labels("a", "team", "month").set(0)
     return {s.name for family in registry.collect() for s in family.samples}
 
 

@@ -371,52 +371,75 @@ LEVELS_TEAM = {  # the end user binds at K; the tag and the model within the tea
     "tags": {"allowed": ["checkout"], "budgets": {"checkout": [{"window": "day", "tokens": BURST_LIMIT + WORST}]}},
     "model_limits": {MODEL: {"budgets": [{"window": "day", "tokens": BURST_LIMIT + 2 * WORST}]}},
 }
+# one team per level, each bound by that level alone; their bursts run one after another on the same
+# processes, the org's last: its counter holds every team's, so it is sized to fit K more after the others
+LEVEL_TEAMS: dict[str, tuple[dict[str, Any], str]] = {
+    "levels": (LEVELS_TEAM, "The budget of end user 'u-123' in team 'levels'"),
+    "lv-tag": (
+        {"tags": {"budgets": {"checkout": [{"window": "day", "tokens": BURST_LIMIT}]}}},
+        "The budget of tag 'checkout' in team 'lv-tag'",
+    ),
+    "lv-model": (
+        {"model_limits": {MODEL: {"budgets": [{"window": "hour", "tokens": BURST_LIMIT}]}}},
+        f"The budget of model '{MODEL}' in team 'lv-model'",
+    ),
+    "lv-session": (
+        {"session_budgets": [{"tokens": BURST_LIMIT}]},
+        "The budget of session 'run-1' in team 'lv-session'",
+    ),
+    "lv-org": ({}, "The organisation's budget"),
+}
+ORG = {"budgets": [{"window": "month", "tokens": (len(LEVEL_TEAMS) - 1) * K * WORST + BURST_LIMIT}]}
 
 
-async def check_level_burst(gws: list[Proc], store: str) -> None:
-    """Exactly K of 200 concurrent requests of one end user (with a tag, on a model with its own limit) are
-    admitted across every process; the refusals name the end user; the ledger agrees."""
+def level_config(mock: Proc, store: str) -> dict[str, Any]:
+    teams, keys = team_cfg(**{team: cfg for team, (cfg, _) in LEVEL_TEAMS.items()})
+    return base_config(mock.url, store, teams=teams, keys=keys, org=ORG)
+
+
+async def check_level_bursts(gws: list[Proc], store: str) -> None:
+    """For each level (an end user, with a tag and a model holding too; a tag; a model; a session; the org):
+    exactly K of 200 concurrent requests are admitted across every process, the refusals name the level and
+    the entity, and the ledger agrees."""
     limits = httpx.Limits(max_connections=210, max_keepalive_connections=210)
     body = {**chat(delay_s=3.0), "user": "u-123"}
-    headers = {**auth("sk-levels"), "x-quotagate-tags": "checkout"}
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        results = await asyncio.gather(
-            *(
-                client.post(gws[i % len(gws)].url + "/v1/chat/completions", json=body, headers=headers)
-                for i in range(200)
+        for team, (_, words) in LEVEL_TEAMS.items():
+            headers = {**auth(f"sk-{team}"), "x-quotagate-tags": "checkout", "x-quotagate-session": "run-1"}
+            results = await asyncio.gather(
+                *(
+                    client.post(gws[i % len(gws)].url + "/v1/chat/completions", json=body, headers=headers)
+                    for i in range(200)
+                )
             )
-        )
-    ok = [r for r in results if r.status_code == 200]
-    assert len(ok) == K, sorted(r.status_code for r in results)
-    for r in results:
-        if r.status_code != 200:
-            assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
-            assert "The budget of end user 'u-123' in team 'levels'" in r.json()["error"]["message"]
-    rows = await asyncio.to_thread(ledger_rows, store, "levels", 200)
-    assert sorted(rec.outcome for rec in rows) == ["budget_exceeded"] * (200 - K) + ["ok"] * K
-    assert {(rec.end_user, rec.tags) for rec in rows} == {("u-123", "checkout")}
+            ok = [r for r in results if r.status_code == 200]
+            assert len(ok) == K, (team, sorted(r.status_code for r in results))
+            for r in results:
+                if r.status_code != 200:
+                    assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
+                    assert words in r.json()["error"]["message"], (team, r.text)
+            rows = await asyncio.to_thread(ledger_rows, store, team, 200)
+            assert sorted(rec.outcome for rec in rows) == ["budget_exceeded"] * (200 - K) + ["ok"] * K
+            assert {(rec.end_user, rec.tags) for rec in rows} == {("u-123", "checkout")}
 
 
 async def test_levels_exact_across_two_workers_on_sqlite(tmp: Path, mock: Proc) -> None:
-    teams, keys = team_cfg(levels=LEVELS_TEAM)
     store = sqlite_url(tmp / "levels.db")
-    cfg = base_config(mock.url, store, teams=teams, keys=keys)
-    gw = await asyncio.to_thread(start_gateway, tmp, cfg, workers=2, name="levels-workers.yaml")
+    gw = await asyncio.to_thread(start_gateway, tmp, level_config(mock, store), workers=2, name="levels-workers.yaml")
     try:
-        await check_level_burst([gw], store)
+        await check_level_bursts([gw], store)
     finally:
         await asyncio.to_thread(gw.terminate)
 
 
 async def test_levels_exact_across_three_replicas_on_one_redis(tmp: Path, mock: Proc, redis_url: str) -> None:
-    teams, keys = team_cfg(levels=LEVELS_TEAM)
     store = redis_db(redis_url, 5)
-    cfg = base_config(mock.url, store, teams=teams, keys=keys)
+    cfg = level_config(mock, store)
     gws = await asyncio.to_thread(
         in_parallel, *(lambda i=i: start_gateway(tmp, cfg, name=f"levels{i}.yaml") for i in range(3))
     )
     try:
-        await check_level_burst(gws, store)
+        await check_level_bursts(gws, store)
     finally:
         await asyncio.to_thread(in_parallel, *(g.terminate for g in gws))
 

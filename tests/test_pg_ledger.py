@@ -98,9 +98,9 @@ def full_record(i: int) -> LedgerRecord:
         counted_input=101, counted_output=22, input_tokens=103, cached_input_tokens=7, output_tokens=23,
         reasoning_tokens=5, cost_micro_usd=9_007_199_254_740_993, latency_ms=12.5, ttft_ms=3.25, trimmed_tokens=9,
         estimated=True, seed=-42, system_fingerprint="fp_x", upstream_model="gpt-4o-2024", error="boom 100%?",
-        charged=False, version=3, cache_write_5m_tokens=11, cache_write_1h_tokens=12, usage_raw='{"a": 1}',
+        charged=False, version=2, cache_write_5m_tokens=11, cache_write_1h_tokens=12, usage_raw='{"a": 1}',
         service_tier="flex", input_system=1, input_tools=2, input_history=3, input_new=4, output_cap=512,
-        price_version="prices.yaml@2026-11-01", end_user="u'1", tags="a,b",
+        price_version="prices.yaml@2026-11-01", end_user="u'1", tags="a,b", charged_tokens=77,
     )  # fmt: skip
 
 
@@ -174,7 +174,9 @@ async def test_a_newer_table_is_refused_and_the_records_kept(pg_url: str, tmp_pa
     sql(pg_url, "CREATE TABLE ledger_schema_version (version INTEGER NOT NULL)")
     sql(pg_url, "INSERT INTO ledger_schema_version VALUES (%s)", (SCHEMA_VERSION + 1,))
     pg = PostgresLedger(pg_url)
-    with pytest.raises(SchemaTooNew, match=r"ledger: the PostgreSQL ledger at .* schema version 2, newer"):
+    with pytest.raises(
+        SchemaTooNew, match=rf"ledger: the PostgreSQL ledger at .* schema version {SCHEMA_VERSION + 1}, newer"
+    ):
         await pg.open()
     metrics = make_metrics()
     ledger = Ledger(pg, flush_seconds=FLUSH, spill_dir=tmp_path, metrics=metrics)

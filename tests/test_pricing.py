@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-import pytest
-
 from proxy.pricing import Price, Rates, price_of
 from proxy.settings import LongContextSettings, ModelSettings, PriceSettings, parse
 from proxy.usage import Usage
@@ -116,6 +114,7 @@ def test_price_from_the_table_and_config_override() -> None:
     assert price_of(s.models["cheap"]).cost(Usage(input=10**6, output=10**6)) == 0
 
 
-def test_a_model_without_price_cannot_be_priced() -> None:
-    with pytest.raises(ValueError, match="no price"):
-        price_of(ModelSettings(provider="p"))
+def test_a_model_without_price_costs_nothing_and_says_so() -> None:
+    """Only ``unpriced_models: refuse`` loads such a model; its requests are served where no budget applies."""
+    price = price_of(ModelSettings(provider="p"))
+    assert price.cost(Usage(input=10**6, output=10**6)) == 0 and price.version == "unpriced"

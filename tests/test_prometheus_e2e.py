@@ -56,6 +56,10 @@ ALLOWED_EMPTY: dict[str, tuple[str, str]] = {
         "fires above 100 ms p99 overhead; a healthy gateway on loopback stays far below",
         "histogram_quantile(0.99, sum by (instance, le) (rate(quotagate_proxy_overhead_seconds_bucket[5m])))",
     ),
+    "QuotagateCounterDrift": (
+        "fires when a budget counter at rest disagrees with the ledger; here every counter agrees (drift 0)",
+        "quotagate_budget_drift_tokens == 0",
+    ),
     "QuotagateDown": (
         "fires when the scrape fails; the gateway is up for the whole run",
         'up{job="quotagate"} == 1',
@@ -160,6 +164,7 @@ def config(mock_url: str, store: str) -> dict[str, Any]:
     return base_config(
         mock_url,
         store,
+        counters={"reconcile_seconds": 1},  # the drift gauges, for the drift alert's witness
         teams={
             # trims long conversations; plenty of budget in both units
             "alpha": {

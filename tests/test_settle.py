@@ -161,6 +161,7 @@ async def test_reserve_holds_the_worst_case_and_settle_commits_the_actual(store:
         {
             "scope": "team",
             "window": "day",
+            "rolling": None,
             "unit": "tokens",
             "limit": 1000,
             "used": 100,
@@ -510,6 +511,7 @@ async def test_budget_status_of_a_usd_budget_renders_dollars(store: Store, clock
     assert row.to_json() == {
         "scope": "team",
         "window": "month",
+        "rolling": None,
         "unit": "usd",
         "limit": 10_000,
         "used": 1_234,

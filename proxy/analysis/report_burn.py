@@ -72,6 +72,6 @@ async def budget_burn(db: LedgerDB, settings: Settings, now: float) -> list[Burn
         spent = cost if b.unit == "usd" else tokens
         at = project(spent, b.limit, start, end, now)
         rate = spent * DAY / max(now - start, MIN_ELAPSED_S)
-        window = f"{b.window}{b.calendar}"  # day, day@Europe/Paris, week/sunday, quarter/q4
+        window = f"{b.period}{b.calendar}"  # day, day@Europe/Paris, week/sunday, quarter/q4, rolling 24h
         out.append(Burn(scope, team, key_name, window, b.unit, b.limit, spent, start, end, at, rate))
     return out

@@ -222,7 +222,7 @@ class Replay:
 
     def refuse(self, tally: TeamReplay, lim: limits.Limit, ts: float) -> None:
         tally.budget_refused += 1
-        name, day = f"{lim.window} {lim.unit}", _day(ts)
+        name, day = f"{lim.window or 'rolling ' + lim.rolling} {lim.unit}", _day(ts)
         first, days, last = tally.ran_out.get(name, (day, 0, ""))
         tally.ran_out[name] = (first, days + (last != day), day)
 

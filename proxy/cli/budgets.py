@@ -1,6 +1,7 @@
 """``quotagate budgets show|set``: budgets in force and how much of them is used, held and left; runtime
 overrides, written to the store exactly as ``PUT /admin/teams/{team}/budgets`` does (every running gateway
-picks them up within ``overrides_refresh_seconds``)."""
+picks them up within ``overrides_refresh_seconds``). ``show --levels``: every level, as ``GET /v1/usage`` shows
+it (proxy/cli/levels.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from ..settings import BudgetSettings, Settings, Window
 from ..store.base import Store
 from ..units import human_amount
 from .common import add_config_option, add_format_option, emit, fail, known_team, load_or_exit, with_store
+from .levels import add_arguments as add_level_arguments
+from .levels import cmd_levels
 
 
 async def _budgets(settings: Settings, store: Store) -> BudgetsInForce:
@@ -25,6 +28,10 @@ async def _budgets(settings: Settings, store: Store) -> BudgetsInForce:
 
 def cmd_show(args: argparse.Namespace) -> int:
     _, settings = load_or_exit(args.config)
+    if args.levels:
+        return cmd_levels(args, settings)
+    if args.end_user or args.tag or args.session:
+        fail("--end-user, --tag and --session go with --levels")
     teams = [known_team(settings, args.team)] if args.team else list(settings.teams)
 
     async def read(store: Store) -> list[dict[str, Any]]:
@@ -95,14 +102,14 @@ def cmd_set(args: argparse.Namespace) -> int:
 
     async def write(store: Store) -> tuple[BudgetSettings, ...]:
         in_force = await _budgets(settings, store)
-        kept = [b for b in in_force.team_budgets(team) if (b.window, b.unit) != (new.window, new.unit)]
+        kept = [b for b in in_force.team_budgets(team) if (b.period, b.unit) != (new.period, new.unit)]
         budgets = (*kept, new)
         await in_force.set_override(team, budgets)
         return budgets
 
     budgets = with_store(settings, write)
     shown = ", ".join(
-        f"{b.window} {human_amount(b.limit, b.unit)}{'' if b.unit == 'usd' else ' tokens'}" for b in budgets
+        f"{b.period} {human_amount(b.limit, b.unit)}{'' if b.unit == 'usd' else ' tokens'}" for b in budgets
     )
     print(f"team {team}: budgets now {shown} (runtime override; running gateways apply it within seconds)")
     return 0
@@ -129,6 +136,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s = bsub.add_parser("show", help="every budget in force, in its unit, with human numbers")
     s.add_argument("--team", help="only this team (default: every team)")
     add_format_option(s)
+    add_level_arguments(s)
     add_config_option(s)
     s.set_defaults(fn=cmd_show)
 

@@ -191,7 +191,7 @@ def _price_sources(choice: ConfigChoice, settings: Settings) -> dict[str, str]:
 def _team_line(name: str, settings: Settings) -> str:
     t = settings.teams[name]
     parts = [
-        "budgets " + (", ".join(f"{b.window} {human_amount(b.limit, b.unit)}{'' if b.unit == 'usd' else ' tokens'}"
+        "budgets " + (", ".join(f"{b.period} {human_amount(b.limit, b.unit)}{'' if b.unit == 'usd' else ' tokens'}"
                                 for b in t.budgets) or "none"),
     ]  # fmt: skip
     r = t.rate_limits

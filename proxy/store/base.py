@@ -14,6 +14,9 @@ Flow (every implementation is atomic per call, across processes and replicas)::
                        used += amount, except holds with commit=False, which are only released) and
                        returned so that the caller records them, in no particular order; never dropped
     add_usage(ch)   -> used += amount, unconditionally (reconciling what was admitted while the store was down)
+    claim(key, t)   -> True for exactly one caller per key until t (epoch seconds, by the store's clock), then
+                       the key may be claimed again; who sends a notification (proxy/notify.py). The caller's
+                       key starts with the hash tag (``{team}``, ``{qg-org}``), as a counter's does
 
 Admission rule for each hold: ``used + reserved + (this lease's earlier holds on the key) + amount <=
 limit``. A hold with ``limit < 0`` is tracked but never refuses (used for concurrency gauges and
@@ -101,7 +104,8 @@ class KeyRecord:
 
 @value
 class LedgerRecord:
-    """One request, whatever its outcome. Version 2 (1: before the analysis fields, from ``input_system`` on)."""
+    """One request, whatever its outcome. Version 3 (2: before ``charged_tokens``; 1: before the analysis
+    fields, from ``input_system`` on)."""
 
     request_id: str
     ts: float  # epoch seconds at arrival
@@ -129,7 +133,7 @@ class LedgerRecord:
     upstream_model: str | None = None
     error: str | None = None
     charged: bool = True  # the request reached the provider and was billed; usage reports add only these
-    version: int = 2
+    version: int = 3
     # part of input_tokens written to the provider's prompt cache, by lifetime (Anthropic)
     cache_write_5m_tokens: int | None = None
     cache_write_1h_tokens: int | None = None
@@ -147,6 +151,10 @@ class LedgerRecord:
     price_version: str | None = None
     end_user: str | None = None
     tags: str | None = None  # comma-separated
+    # the tokens charged to the request's token counters (finish: the usage total settled; a lease the reaper
+    # charged: its full worst case; 0: nothing charged). Rows before version 3 read 0. ``cost_micro_usd`` is
+    # what its USD counters were charged. The drift reconcile and the seeding add these up (proxy/drift.py).
+    charged_tokens: int = 0
 
 
 @value
@@ -193,6 +201,7 @@ class Store(Protocol):
     async def reap(self, hash_tag: str, now: float) -> list[Lease]: ...
     async def add_usage(self, hash_tag: str, charges: Mapping[str, int], expires_at: Mapping[str, float]) -> None: ...
     async def counters(self, keys: Sequence[str]) -> dict[str, CounterValue]: ...
+    async def claim(self, key: str, expires_at: float) -> bool: ...  # once per key until expires_at
 
     # API keys created at runtime (config keys live in settings)
     async def put_key(self, record: KeyRecord) -> None: ...
@@ -214,3 +223,9 @@ class Store(Protocol):
     async def put_object(self, record: ObjectRecord) -> None: ...
     async def find_objects(self, kind: str, object_ids: Sequence[str]) -> dict[str, ObjectRecord]: ...
     async def delete_object(self, kind: str, object_id: str) -> bool: ...
+
+    # histograms (proxy/observed.py): per key, a count per bucket, added to atomically (one call, one atomic
+    # write); a key past its expires_at (epoch seconds, by the store's clock) reads as empty, and an add to it
+    # starts it afresh (an add whose expires_at has passed writes nothing). The key starts with the hash tag.
+    async def add_histogram(self, key: str, increments: Mapping[int, int], expires_at: float) -> None: ...
+    async def histograms(self, keys: Sequence[str]) -> dict[str, dict[int, int]]: ...  # every key asked ({}: none)

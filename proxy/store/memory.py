@@ -67,6 +67,7 @@ class MemoryStore:
         self._ledger: list[LedgerRecord] = []
         self._ledger_ids: set[str] = set()
         self._last_purge = 0.0
+        self._claims: dict[str, float] = {}  # claim key -> expires_at
 
     async def open(self) -> None:
         return None
@@ -145,6 +146,16 @@ class MemoryStore:
     async def counters(self, keys: Sequence[str]) -> dict[str, CounterValue]:
         return {key: CounterValue(*counts) for key, counts in self._read(keys, self._clock()).items()}
 
+    async def claim(self, key: str, expires_at: float) -> bool:
+        now = self._clock()
+        if len(self._claims) > 10_000:  # claims are rare (one per threshold and window): sweep only when many
+            self._claims = {k: t for k, t in self._claims.items() if t > now}
+        held = self._claims.get(key)
+        if held is not None and held > now:
+            return False
+        self._claims[key] = expires_at
+        return True
+
     # keys
 
     async def put_key(self, record: KeyRecord) -> None:
@@ -221,3 +232,31 @@ class MemoryStore:
             return False
         self._objects[(kind, object_id)] = replace(record, deleted=True)
         return True
+
+    # histograms (proxy/observed.py)
+
+    @functools.cached_property
+    def _histograms(self) -> dict[str, tuple[dict[int, int], float]]:  # key -> bucket counts, expires_at
+        return {}
+
+    async def add_histogram(self, key: str, increments: Mapping[int, int], expires_at: float) -> None:
+        now = self._clock()
+        hists = self._histograms
+        if len(hists) > 10_000:  # one key per (team, model) slot: sweep the expired ones only when many
+            for k in [k for k, v in hists.items() if is_expired(v[1], now)]:
+                del hists[k]
+        if is_expired(expires_at, now):
+            return
+        found = hists.get(key)
+        counts = dict(found[0]) if found is not None and not is_expired(found[1], now) else {}
+        for b, n in increments.items():
+            counts[b] = counts.get(b, 0) + n
+        hists[key] = (counts, expires_at)
+
+    async def histograms(self, keys: Sequence[str]) -> dict[str, dict[int, int]]:
+        now = self._clock()
+        out: dict[str, dict[int, int]] = {}
+        for key in keys:
+            found = self._histograms.get(key)
+            out[key] = dict(found[0]) if found is not None and not is_expired(found[1], now) else {}
+        return out

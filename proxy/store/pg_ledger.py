@@ -35,7 +35,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from proxy.analysis.db import Dialect
 from proxy.errors import StoreUnavailable
+from proxy.store import ledger_sums
 from proxy.store.base import LedgerRecord, UsageRow
+from proxy.store.end_user_spend import EndUserSpend, SpendBy, top_end_users_sql
+from proxy.store.ledger_sums import ChargedSum, sums_of
 from proxy.store.pg_schema import COLUMNS, DEFAULTS, TYPES, SchemaTooNew, ensure_schema
 
 log = logging.getLogger("quotagate.ledger")
@@ -209,6 +212,16 @@ class PostgresLedger:
     async def ledger(self, since: float, team: str | None = None, limit: int = 1000) -> list[LedgerRecord]:
         rows = await self._query(_SELECT, since, team, limit)
         return [record(row) for row in rows]
+
+    async def top_end_users(self, team: str, since: float, limit: int = 10, by: SpendBy = "cost") -> list[EndUserSpend]:
+        """The team's end users with the most spend since ``since`` (proxy/store/end_user_spend.py)."""
+        async with self._connection() as con:
+            cur = await con.execute(placeholders(top_end_users_sql(by)), [since, team, max(limit, 0)])
+            return [EndUserSpend(*row) for row in await cur.fetchall()]
+
+    async def charged_sums(self, since: float, until: float) -> list[ChargedSum]:
+        """What the rows in ``[since, until)`` charged, per team, key and model (``ledger_sums``)."""
+        return sums_of(await self.fetch(ledger_sums.SQL, (since, until)))
 
     async def _query(self, sql: str, since: float, team: str | None, *more: Any) -> list[tuple[Any, ...]]:
         params: list[Any] = [since, *([team] if team is not None else []), *more]

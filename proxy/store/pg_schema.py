@@ -22,7 +22,8 @@ from proxy.store.base import LedgerRecord
 
 # 1: the table as LedgerRecord version 2 has it. Raise it when LedgerRecord gains a field (the column is then
 # added by the migration below, which compares columns, not versions).
-SCHEMA_VERSION = 1
+# 2: LedgerRecord version 3's charged_tokens (NULL in the rows already there, read back as 0)
+SCHEMA_VERSION = 2
 _LOCK = 0x71676C64  # pg_advisory_xact_lock key: "qgld"
 
 _PG_TYPES = {"str": "TEXT", "float": "DOUBLE PRECISION", "int": "BIGINT", "bool": "BOOLEAN"}

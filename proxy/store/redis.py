@@ -7,7 +7,10 @@ Key layout (``{tag}`` is the lease's ``hash_tag``, e.g. ``{search}``)::
     qg:{tag}:leases        ZSET lease id -> expiry ms  what reap() scans
     qg:keys                HASH sha256 -> JSON         runtime API keys
     qg:overrides           HASH team -> JSON           runtime budget overrides
+    qg:h:<histogram key>   HASH bucket -> count, exp   output histograms (redis_histograms.py)
+    qg:n:<claim key>       STRING expiry ms            claim() (claim_v1.lua); the caller's key starts with {tag}
     qg:ledger              STREAM                      one entry per LedgerRecord, each field JSON-encoded
+    qg:{tag}:seeded        STRING who, when            seeded from the ledger (redis_seed.py): gone = data lost
 
 The ledger stream is unbounded unless ``ledger_max_len`` is given (``ledger_stream_max_len``: XADD MAXLEN ~,
 oldest first). With a PostgreSQL ledger (``ledger:``) the stream receives nothing; what it holds from
@@ -58,6 +61,7 @@ from proxy.store.base import (
     hash_tag,
 )
 from proxy.store.memory import usage_rows
+from proxy.store.redis_histograms import RedisHistograms
 from proxy.store.redis_scripts import Args, Scripts, guard
 from proxy.store.rules import is_expired
 
@@ -81,7 +85,7 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-class RedisStore:
+class RedisStore(RedisHistograms):  # add_histogram, histograms: proxy/store/redis_histograms.py
     def __init__(
         self,
         url: str,
@@ -225,6 +229,10 @@ class RedisStore:
             else:
                 out[key] = CounterValue(int(used), int(reserved or 0))
         return out
+
+    async def claim(self, key: str, expires_at: float) -> bool:
+        now, exp = _ms(self._clock()), _ms(expires_at)  # expiry by the injected clock; the TTL is only GC
+        return int(await self._script("claim_v1", [f"qg:n:{key}"], [now, exp, max(exp - now, 0) + GRACE_MS])) == 1
 
     # keys
 

@@ -32,8 +32,8 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from proxy.errors import StoreUnavailable
+from proxy.store import ledger_sums, sqlite_claims, sqlite_histograms, sqlite_ledger
 from proxy.store import sqlite_counters as tx
-from proxy.store import sqlite_ledger
 from proxy.store.base import (
     OBJECT_RETENTION_S,
     Admitted,
@@ -46,6 +46,8 @@ from proxy.store.base import (
     UsageRow,
 )
 from proxy.store.batch import Batch, TurnBatcher
+from proxy.store.end_user_spend import EndUserSpend, SpendBy, top_end_users_sql
+from proxy.store.ledger_sums import ChargedSum, sums_of
 from proxy.store.sqlite_batch import Connection, Op, is_busy, loop_connection, run_batch
 from proxy.store.sqlite_schema import create_schema
 
@@ -207,6 +209,9 @@ class SqliteStore:
         state = tx.live_many(self._db(), keys, now)
         return {key: CounterValue(*state[key]) for key in keys}
 
+    async def claim(self, key: str, expires_at: float) -> bool:
+        return await self._write(sqlite_claims.claim, key, expires_at, self._clock())
+
     # keys
 
     async def put_key(self, record: KeyRecord) -> None:
@@ -263,6 +268,15 @@ class SqliteStore:
         rows = await self._run(self._select, sqlite_ledger.SELECT.format(team=where), params)
         return [sqlite_ledger.record(r) for r in rows]
 
+    async def charged_sums(self, since: float, until: float) -> list[ChargedSum]:
+        """What the ledger's rows in ``[since, until)`` charged, per team, key and model (``ledger_sums``)."""
+        return sums_of(await self._run(self._select, ledger_sums.SQL, (since, until)))
+
+    async def top_end_users(self, team: str, since: float, limit: int = 10, by: SpendBy = "cost") -> list[EndUserSpend]:
+        """The team's end users with the most spend since ``since`` (proxy/store/end_user_spend.py), in SQL."""
+        rows = await self._run(self._select, top_end_users_sql(by), (since, team, max(limit, 0)))
+        return [EndUserSpend(*row) for row in rows]
+
     # objects (who owns a provider-side id)
 
     async def put_object(self, record: ObjectRecord) -> None:
@@ -288,6 +302,14 @@ class SqliteStore:
         cutoff = self._clock() - OBJECT_RETENTION_S
         sql = "UPDATE objects SET deleted = 1 WHERE kind = ? AND object_id = ? AND created_at > ?"
         return await self._write(lambda con: con.execute(sql, (kind, object_id, cutoff)).rowcount > 0)
+
+    # histograms (proxy/observed.py)
+
+    async def add_histogram(self, key: str, increments: Mapping[int, int], expires_at: float) -> None:
+        await self._write(sqlite_histograms.add, key, dict(increments), expires_at, self._clock())
+
+    async def histograms(self, keys: Sequence[str]) -> dict[str, dict[int, int]]:
+        return await self._run(lambda: sqlite_histograms.read(self._db(), list(keys), self._clock()))
 
 
 def _key_record(row: tuple[Any, ...]) -> KeyRecord:

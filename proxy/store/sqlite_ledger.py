@@ -44,4 +44,6 @@ def insert_rows(records: Sequence[LedgerRecord]) -> list[tuple[Any, ...]]:
 
 def record(row: Sequence[Any]) -> LedgerRecord:
     values: dict[str, Any] = {col: (bool(v) if col in _BOOLS else v) for col, v in zip(COLUMNS, row, strict=True)}
+    if values.get("charged_tokens") is None:  # a row from before the column (schema 5)
+        values["charged_tokens"] = 0
     return LedgerRecord(**values)

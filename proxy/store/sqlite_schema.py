@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 
-from proxy.store import sqlite_ledger
+from proxy.store import sqlite_histograms, sqlite_ledger
 
 # 2: the ledger's cache-write and raw-usage columns (added in place to a version 1 file)
 # 3: the ledger's service_tier column (added in place to a version 1 or 2 file)
 # 4: the ledger's analysis columns (context parts, output cap, price version, end user, tags)
-SCHEMA_VERSION = 4
+# 5: the ledger's charged_tokens column (NULL, read as 0, in the rows already there)
+SCHEMA_VERSION = 5
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -35,6 +36,9 @@ CREATE TABLE IF NOT EXISTS objects (
     created_at REAL NOT NULL, deleted INTEGER NOT NULL, PRIMARY KEY (kind, object_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_created ON objects (created_at);
+{sqlite_histograms.TABLE.strip()}
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS claims_expiry ON claims (expires_at);
 """
 
 
