@@ -100,7 +100,7 @@ class Seeder:
             out[tag] = raised = await seed(store, tag, values, expires, f"{self._who} at {now:.3f}")
             self._count("already" if raised is None else "seeded")
             if raised is not None:
-                log.warning(
+                (log.warning if raised else log.info)(  # a new, empty store: nothing to raise
                     "counters of %s had no seed marker (the store lost its data, or was never seeded): set from "
                     "the ledger, %d of %d raised",
                     tag,

@@ -403,9 +403,11 @@ async def check_level_bursts(gws: list[Proc], store: str) -> None:
     the entity, and the ledger agrees."""
     limits = httpx.Limits(max_connections=210, max_keepalive_connections=210)
     body = {**chat(delay_s=3.0), "user": "u-123"}
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        for team, (_, words) in LEVEL_TEAMS.items():
-            headers = {**auth(f"sk-{team}"), "x-quotagate-tags": "checkout", "x-quotagate-session": "run-1"}
+    for team, (_, words) in LEVEL_TEAMS.items():
+        headers = {**auth(f"sk-{team}"), "x-quotagate-tags": "checkout", "x-quotagate-session": "run-1"}
+        # a client per burst: a connection idle since the last one may be closing (keep-alive timeout) just
+        # as it is reused, and a plain httpx client does not retry that
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
             results = await asyncio.gather(
                 *(
                     client.post(gws[i % len(gws)].url + "/v1/chat/completions", json=body, headers=headers)
