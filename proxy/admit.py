@@ -198,7 +198,7 @@ class Admitter:
             )  # fmt: skip
             res = await self._accountant.reserve(
                 who.team, who.digest, name, worst_tokens, worst_usd, meta, _subject(arrival, req, name),
-                sizing=_sizing(price, req, est.tokens, cap.worst_case),
+                sizing=_sizing(price, req, est.tokens, cap.worst_case) if self._observed() else None,
             )  # fmt: skip
         except ProxyError as err:
             raise Refused(
@@ -213,6 +213,10 @@ class Admitter:
         return _admission(arrival, who, req, model, est, trimmed, seed, price, res, sent_cap), Outbound(
             req, model, headers
         )
+
+    def _observed(self) -> bool:
+        """A team or budget in force reserves from observed output (``reserve: observed``)."""
+        return self._accountant.budgets.observed
 
     def _price(self, name: str, req: ParsedRequest, who: Principal) -> Price:
         """The model's price; a service tier it has no price for is refused where a budget applies."""

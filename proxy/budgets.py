@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .limits import Limit, Subject, Unit, limits_for, subject_limits
@@ -109,6 +109,21 @@ def status_of(lim: Limit, value: CounterValue) -> BudgetStatus:
     )
 
 
+def configured_budgets(s: Settings) -> Iterator[BudgetSettings]:
+    """Every budget the config sets: the org's, each team's and its levels' (end users, models, tags), each
+    key's (not runtime overrides)."""
+    yield from s.org.budgets
+    for t in s.teams.values():
+        yield from t.budgets
+        yield from t.end_user_budgets
+        for level in (*t.end_users.values(), *t.model_limits.values()):
+            yield from level.budgets
+        for budgets in t.tags.budgets.values():
+            yield from budgets
+    for k in s.keys:
+        yield from k.budgets
+
+
 class BudgetsInForce:
     def __init__(self, settings: Settings, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self._s = settings
@@ -118,6 +133,16 @@ class BudgetsInForce:
         self._overrides: dict[str, tuple[BudgetSettings, ...]] = {}
         self._limits_minute = -1
         self._limits_cache: dict[tuple[str, str], list[Limit]] = {}
+        self._uses()
+
+    def _uses(self) -> None:
+        """What the budgets in force use, so that the request path skips what none of them does:
+        ``observed`` (a ``reserve: observed`` team or budget), ``notifying`` (a budget with ``notify_at``)."""
+        budgets = [*configured_budgets(self._s), *(b for bs in self._overrides.values() for b in bs)]
+        self.observed = any(b.reserve == "observed" for b in budgets) or any(
+            t.reserve == "observed" for t in self._s.teams.values()
+        )
+        self.notifying = any(b.notify_at for b in budgets)
 
     def team_budgets(self, team: str) -> tuple[BudgetSettings, ...]:
         if team in self._overrides:
@@ -133,6 +158,7 @@ class BudgetsInForce:
             return False
         changed = sorted(t for t in fresh.keys() | self._overrides.keys() if fresh.get(t) != self._overrides.get(t))
         self._overrides = fresh
+        self._uses()
         self._limits_minute = -1  # rebuild the limits with the new budgets
         log.info("budget overrides in force for teams %s", ", ".join(changed))
         return True
@@ -140,6 +166,7 @@ class BudgetsInForce:
     async def set_override(self, team: str, budgets: Sequence[BudgetSettings]) -> None:
         await self._store.set_override(team, [b.model_dump(mode="json", exclude_defaults=True) for b in budgets])
         self._overrides[team] = tuple(budgets)
+        self._uses()
         self._limits_minute = -1  # rebuild the limits with the new budgets
 
     def limits(self, team: str, key_digest: str, now: float, subject: Subject | None = None) -> list[Limit]:

@@ -28,9 +28,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from .budgets import BudgetsInForce
+from .budgets import BudgetsInForce, configured_budgets
 from .errors import StoreUnavailable
 from .limits import Limit, budget_bounds
 from .metrics_notify import NotifyMetrics
@@ -191,17 +191,4 @@ class Notifier:
 def _any_notify_at(s: Settings) -> bool:
     """A configured budget (org, team and its levels, key) has thresholds (for the startup warning: runtime
     overrides may add some later, and detection reads the budgets in force)."""
-    return any(b.notify_at for b in _configured_budgets(s))
-
-
-def _configured_budgets(s: Settings) -> Iterable[BudgetSettings]:
-    yield from s.org.budgets
-    for t in s.teams.values():
-        yield from t.budgets
-        yield from t.end_user_budgets
-        for level in (*t.end_users.values(), *t.model_limits.values()):
-            yield from level.budgets
-        for budgets in t.tags.budgets.values():
-            yield from budgets
-    for k in s.keys:
-        yield from k.budgets
+    return any(b.notify_at for b in configured_budgets(s))

@@ -36,6 +36,7 @@ from .store.base import Admitted, Denied, Lease, Store
 from .values import value
 
 log = logging.getLogger("quotagate.settle")
+_HELD = ("tokens", "usd")  # the units a request holds its size of (requests and slots hold 1)
 _SEEN_MAX = 100_000  # window keys roll over; past this many, drop the old ones wholesale
 # (team, key digest, the limits in force, the store's answer): called on the hot path, so it must not block
 Watch = Callable[[str, str, Sequence[Limit], Admitted | Denied], None]
@@ -153,10 +154,13 @@ class Reservations:
             return None
         body = meta.to_json() if isinstance(meta, LeaseMeta) else meta
         expires = now + self._s.lease_seconds
-        sized = self._sized(team, model, lims, sizing) if sizing is not None else {}
-        top = largest_hold(lims, (worst_tokens, worst_micro_usd), sized)
-        if sized and top is not None:  # what the reaper records for a lease left unsettled: its largest hold
-            body = {**body, "worst_tokens": top[0], "worst_micro_usd": top[1]}
+        sized = self._sized(team, model, lims, sizing) if sizing is not None and self._budgets.observed else {}
+        if sized:
+            top = largest_hold(lims, (worst_tokens, worst_micro_usd), sized)
+            if top is not None:  # what the reaper records for a lease left unsettled: its largest hold
+                body = {**body, "worst_tokens": top[0], "worst_micro_usd": top[1]}
+        else:
+            top = (worst_tokens, worst_micro_usd) if any(lim.unit in _HELD for lim in lims) else None
         lease = Lease(next(self._ids), tag(team), holds(lims, worst_tokens, worst_micro_usd, sized), expires, body)
         local = False
         try:
@@ -171,7 +175,7 @@ class Reservations:
             log.warning("store unreachable: admitting on the local store (on_store_error: open)")
             result = await self._local.reserve(lease)
             local = True
-        if self._watch is not None and not local:
+        if self._watch is not None and not local and self._budgets.notifying:
             self._watch(team, key_digest, lims, result)
         if isinstance(result, Denied):
             raise denial(team, model, lims, result, now)
@@ -187,7 +191,7 @@ class Reservations:
     async def settle(self, res: Reservation, tokens: int, micro_usd: int, output_tokens: int | None = None) -> None:
         """Commit what was used on every counter the reservation holds, release the rest; ``output_tokens``
         (a request served to its end) go into the output histogram of its team and model."""
-        if output_tokens is not None and res.team:
+        if output_tokens is not None and res.team and self._budgets.observed:
             self.observed.record(res.team, res.model, output_tokens)
         ch = charges(res.limits, tokens, micro_usd)
         if res.local:

@@ -15,6 +15,7 @@ import pytest
 from proxy.errors import BudgetExceeded, RateLimited
 from proxy.limits import Subject
 from proxy.pricing import price_of
+from proxy.settings import BudgetSettings
 from proxy.settle import Accountant
 from proxy.store.base import Store
 from tests.inprocess import KEYS, chat_answer, config, json_reply, running
@@ -266,3 +267,16 @@ async def test_unknown_end_users_sessions_and_tags_escape_no_budget(store: Store
     with pytest.raises(BudgetExceeded) as e:  # another end user, the same session: the session's life budget
         await acct.reserve("t", DIGEST, "gpt-4o-mini", 2 * WORST, 0, meta(), Subject("other", (), "", "run-new"))
     assert "session 'run-new'" in e.value.message
+
+
+async def test_what_the_budgets_use_follows_runtime_overrides(store: Store, clock: Clock) -> None:  # noqa: F811
+    """The request path skips observed sizing and threshold checks while no budget in force uses them; an
+    override that does turns them on (here and, through load_overrides, in every other process)."""
+    acct = accountant(store, clock, teams={"t": {"budgets": [{"window": "day", "tokens": 1000}]}}, keys=[])
+    assert (acct.budgets.observed, acct.budgets.notifying) == (False, False)
+    budget = BudgetSettings(window="day", tokens=1000, reserve="observed", notify_at=(0.5,))
+    await acct.budgets.set_override("t", [budget])
+    assert (acct.budgets.observed, acct.budgets.notifying) == (True, True)
+    other = accountant(store, clock, teams={"t": {"budgets": [{"window": "day", "tokens": 1000}]}}, keys=[])
+    assert await other.budgets.load_overrides()
+    assert (other.budgets.observed, other.budgets.notifying) == (True, True)
