@@ -192,12 +192,13 @@ class Admitter:
                 est.tokens, cap.worst_case, cache_writes=req.cache_writes, service_tier=req.service_tier
             )
             seed = _seed(req.body.get("seed"))
+            subject = _subject(arrival, req, name)
             meta = LeaseMeta(
                 arrival.request_id, arrival.ts, who.team, who.key_name, name, model.provider, endpoint.name,
-                req.stream, est.tokens, worst_tokens, worst_usd,
+                req.stream, est.tokens, worst_tokens, worst_usd, subject.end_user, arrival.tags,
             )  # fmt: skip
             res = await self._accountant.reserve(
-                who.team, who.digest, name, worst_tokens, worst_usd, meta, _subject(arrival, req, name),
+                who.team, who.digest, name, worst_tokens, worst_usd, meta, subject,
                 sizing=_sizing(price, req, est.tokens, cap.worst_case) if self._observed() else None,
             )  # fmt: skip
         except ProxyError as err:

@@ -98,5 +98,7 @@ def _reaped_record(lease: Lease) -> LedgerRecord:
         latency_ms=None,
         ttft_ms=None,
         error="lease expired unsettled (replica died?): charged the full reservation",
+        end_user=m.end_user,
+        tags=m.tags,
         charged_tokens=m.worst_tokens,  # reap commits every hold in full: tokens counters held worst_tokens
     )

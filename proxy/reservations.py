@@ -59,9 +59,11 @@ class LeaseMeta:
     counted_input: int | None
     worst_tokens: int
     worst_micro_usd: int
+    end_user: str | None = None  # who and what it was for, as recorded (proxy/attribution.py)
+    tags: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {  # by hand: dataclasses.asdict deep-copies, and this runs once per request
+        out = {  # by hand: dataclasses.asdict deep-copies, and this runs once per request
             "request_id": self.request_id,
             "ts": self.ts,
             "team": self.team,
@@ -74,6 +76,11 @@ class LeaseMeta:
             "worst_tokens": self.worst_tokens,
             "worst_micro_usd": self.worst_micro_usd,
         }
+        if self.end_user is not None:
+            out["end_user"] = self.end_user
+        if self.tags is not None:
+            out["tags"] = self.tags
+        return out
 
     @classmethod
     def from_json(cls, m: Mapping[str, Any]) -> LeaseMeta:
@@ -91,7 +98,13 @@ class LeaseMeta:
             counted_input=int(counted) if counted is not None else None,
             worst_tokens=int(m.get("worst_tokens", 0)),
             worst_micro_usd=int(m.get("worst_micro_usd", 0)),
+            end_user=_text(m.get("end_user")),
+            tags=_text(m.get("tags")),
         )
+
+
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
 
 
 @dataclass(slots=True)

@@ -483,9 +483,10 @@ def lease_meta(**over: Any) -> LeaseMeta:
 
 
 def test_lease_meta_round_trips_through_json() -> None:
-    m = lease_meta(counted_input=None)
+    m = lease_meta(counted_input=None, end_user="u-1", tags="checkout,beta")
     assert LeaseMeta.from_json(m.to_json()) == m
     assert set(m.to_json()) == set(LeaseMeta.__dataclass_fields__)
+    assert "end_user" not in lease_meta().to_json()  # who it was for is written only when known
     old = LeaseMeta.from_json({})  # a lease written without meta still reads
     assert (old.request_id, old.counted_input, old.worst_tokens, old.stream) == ("", None, 0, False)
 
@@ -493,13 +494,15 @@ def test_lease_meta_round_trips_through_json() -> None:
 async def test_a_lease_meta_is_stored_as_json_and_read_back_by_the_reaper(store: Store, clock: Clock) -> None:
     reaped: list[LedgerRecord] = []
     acct = accountant(store, clock, reaped)
-    assert await acct.reserve("t", DIGEST, "gpt-4o-mini", 500, 77, lease_meta()) is not None
+    meta = lease_meta(end_user="u-1", tags="checkout")
+    assert await acct.reserve("t", DIGEST, "gpt-4o-mini", 500, 77, meta) is not None
     assert await acct.reserve("t", DIGEST, "gpt-4o-mini", 100, 0, {}) is not None  # a bare mapping, as before
     clock.t = T0 + 10
     assert await acct.reaper.reap() == 2
     typed, bare = sorted(reaped, key=lambda r: r.request_id != "req-typed")
     assert (typed.request_id, typed.endpoint, typed.key_name, typed.stream) == ("req-typed", "responses", "k1", False)
     assert (typed.counted_input, typed.counted_output, typed.cost_micro_usd) == (30, 470, 77)
+    assert (typed.end_user, typed.tags, typed.charged_tokens) == ("u-1", "checkout", 500)  # whom it was for
     assert bare.request_id.startswith("l-") and (bare.counted_input, bare.cost_micro_usd) == (None, 0)  # the lease id
 
 
