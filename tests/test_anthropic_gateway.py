@@ -119,6 +119,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
         "burst": {"budgets": [{"window": "day", "tokens": BURST_LIMIT}]},
         "openai_only": {"models": ["gpt-4o-mini"]},
         "counted": {"budgets": [{"window": "day", "tokens": COUNTED_LIMIT}]},
+        "per_user": {"end_user_budgets": [{"window": "day", "tokens": 1}]},  # no end user's request fits
     }
     cfg = base_config(
         mock.url,
@@ -375,6 +376,20 @@ def test_refusals_arrive_in_anthropics_shape_as_the_sdks_exceptions(gw: Gw) -> N
         gw.client().messages.create(
             model=HAIKU, max_tokens=CAP, messages=messages(), extra_body={"mock": {"status": 529}}
         )
+
+
+def test_metadata_user_id_names_the_end_user_whose_budget_holds(gw: Gw) -> None:
+    """Anthropic's ``metadata.user_id`` is the end user (issue 13): held by the team's default budget for any
+    end user (1 token: nothing fits), refused in Anthropic's shape naming them, recorded; a request naming no
+    end user is governed by the other levels only (here none)."""
+    client = gw.client("sk-per_user")
+    with pytest.raises(anthropic.RateLimitError) as e:
+        client.messages.create(model=HAIKU, max_tokens=CAP, messages=messages(), metadata={"user_id": "u-9"})
+    err = e.value.response.json()["error"]
+    assert err["type"] == "rate_limit_error" and "The budget of end user 'u-9' in team 'per_user'" in err["message"]
+    client.messages.create(model=HAIKU, max_tokens=CAP, messages=messages())
+    rows = ledger_rows(gw.store, "per_user", 2)
+    assert sorted((r.end_user or "", r.outcome) for r in rows) == [("", "ok"), ("u-9", "budget_exceeded")]
 
 
 def test_a_bearer_token_authenticates_too(gw: Gw) -> None:
