@@ -121,13 +121,15 @@ class Admitter:
             )
             raise Refused(err, known) from None
         session = attribution.session_from_headers(scope["headers"])
-        return await self._reserve(Admission(rid, ts, t0, endpoint, tags=tags, session=session), who, team, req)
+        end_user = endpoint.protocol.end_user(req)
+        arrival = Admission(rid, ts, t0, endpoint, end_user=end_user, tags=tags, session=session)
+        return await self._reserve(arrival, who, team, req)
 
     async def _reserve(
         self, arrival: Admission, who: Principal, team: TeamSettings | None, req: ParsedRequest
     ) -> tuple[Admission, Outbound]:
         """The requested model, or the cheaper one a budget's ``downgrade_to`` names (``arrival``: only the
-        request id, times, endpoint and tags are set)."""
+        request id, times, endpoint and who and what it is for are set)."""
         requested = req.model
         downgrade = self._downgrade(who.team, who.digest, requested)
         try:
@@ -192,7 +194,7 @@ class Admitter:
                 est.tokens, cap.worst_case, cache_writes=req.cache_writes, service_tier=req.service_tier
             )
             seed = _seed(req.body.get("seed"))
-            subject = _subject(arrival, req, name)
+            subject = _subject(arrival, name)
             meta = LeaseMeta(
                 arrival.request_id, arrival.ts, who.team, who.key_name, name, model.provider, endpoint.name,
                 req.stream, est.tokens, worst_tokens, worst_usd, subject.end_user, arrival.tags,
@@ -270,10 +272,10 @@ class Admitter:
         return protocol.count_messages(counter, req, kept, model=upstream, encoding=enc), trimmed
 
 
-def _subject(arrival: Admission, req: ParsedRequest, model: str) -> Subject:
+def _subject(arrival: Admission, model: str) -> Subject:
     """Who and what the request is for, for the end-user, tag and model limits of its team."""
     tags = tuple(arrival.tags.split(",")) if arrival.tags else ()
-    return Subject(req.endpoint.protocol.end_user(req), tags, model, arrival.session)
+    return Subject(arrival.end_user, tags, model, arrival.session)
 
 
 def _sizing(price: Price, req: ParsedRequest, input_tokens: int, output_cap: int) -> Sizing:
@@ -334,7 +336,7 @@ def _admission(
         res,
         req.service_tier,
         sent_cap,
-        req.endpoint.protocol.end_user(req),
+        arrival.end_user,
         arrival.tags,
         arrival.session,
     )
