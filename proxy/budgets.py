@@ -250,9 +250,7 @@ class BudgetsInForce:
     async def budget_status(self, team: str, key_digest: str = "") -> list[BudgetStatus]:
         """Every budget of a team (and of one of its keys): limit, used, held, remaining, window end."""
         lims = self.limits(team, key_digest, self._clock())
-        lims = [lim for lim in lims if lim.budget is not None and not lim.shadow]
-        values = await self._store.counters([lim.key for lim in lims]) if lims else {}
-        return [status_of(lim, values.get(lim.key, CounterValue())) for lim in lims]
+        return await self.statuses([lim for lim in lims if lim.budget is not None and not lim.shadow])
 
     # the levels view (proxy/usage_view.py): any limits' status, by the clock the limits in force are built by
 
